@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `wsbeat` binary and library against in-process servers and a fault-injecting proxy.
+
+mod util;
+
+mod cli;
+mod data;
+mod heartbeat;
+mod reconnect;
+mod systemd;
+mod tls;
