@@ -168,12 +168,18 @@ mod tests {
             flag: "--ca-file",
             message: "no certificate found".into(),
         };
-        assert_eq!(config.to_string(), "--ca-file /etc/ca.pem: no certificate found");
+        assert_eq!(
+            config.to_string(),
+            "--ca-file /etc/ca.pem: no certificate found"
+        );
         let rejected = ConnectError::Rejected {
             status: 503,
             retry_after: Some(Duration::from_secs(3)),
         };
-        assert_eq!(rejected.to_string(), "handshake rejected: HTTP 503, retry after 3.0s");
+        assert_eq!(
+            rejected.to_string(),
+            "handshake rejected: HTTP 503, retry after 3.0s"
+        );
     }
 
     #[test]

@@ -1,4 +1,64 @@
-//! wsbeat keeps one WebSocket connection alive.
+//! wsbeat keeps one WebSocket connection from a device to its server alive.
+//!
+//! It proves the connection alive with a ping/pong heartbeat, notices within
+//! `ping-interval + pong-timeout` when it is not (including half-open TCP
+//! connections that never report an error), and reconnects by itself with
+//! full-jitter exponential backoff, so a fleet does not stampede its server
+//! after an outage.
+//!
+//! # In scope
+//! One client connection, `ws://` and `wss://` (native-tls), control or text
+//! heartbeats, stdin lines out and server text messages in, systemd
+//! notification, a status file. Plain std threads; no async runtime.
+//!
+//! # Out of scope
+//! Servers, multiplexing, message acknowledgement (a line written to a socket
+//! that dies before the server reads it is lost), proxies, compression.
+//!
+//! # Anatomy
+//! ```text
+//!   stdin thread ──┐                     ┌── connect thread (one per attempt)
+//!  signals thread ─┼── Event channel ──> supervisor (owns all state, timers,
+//!   reader thread ─┤                     │   backoff, status file, sd_notify)
+//! heartbeat thread ┘                     └── Command channel ──> heartbeat thread
+//!
+//!   reader thread ──┐  SharedSocket (mutex, writers first)  ┌── heartbeat thread
+//!                   └────────── WebSocket<Stream> ──────────┘
+//! ```
+//! The reader waits for readability outside the lock; the heartbeat thread is
+//! the only writer of data frames and sleeps until its next ping or a command.
+//! Every event carries its connection's id, so late events from a torn-down
+//! connection are ignored. The supervisor joins every thread it starts.
+//!
+//! # Embedding
+//! ```no_run
+//! use std::sync::Arc;
+//! use wsbeat::config::{parse_target, Config};
+//! use wsbeat::supervisor::{Observer, Supervisor};
+//!
+//! struct Print;
+//! impl Observer for Print {
+//!     fn message(&self, text: &str) {
+//!         println!("server says {text}");
+//!     }
+//! }
+//!
+//! let target = parse_target("wss://example.com/ws", "url").expect("valid URL");
+//! let mut config = Config::new(target);
+//! config.ping_interval = std::time::Duration::from_secs(5);
+//! let supervisor = Supervisor::new(config, Arc::new(Print)).expect("readable files");
+//! let handle = supervisor.handle();
+//! let client = std::thread::spawn(move || supervisor.run());
+//! handle.send("hello".into());
+//! handle.stop();
+//! let ending = client.join().expect("supervisor thread");
+//! println!("{ending:?}");
+//! ```
+//!
+//! # Limitations
+//! A name lookup cannot be interrupted: a resolver that hangs past
+//! `--connect-timeout` leaves its connect thread running until the lookup ends
+//! (the attempt itself is abandoned on time).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,3 +78,85 @@ pub mod stdin;
 pub mod supervisor;
 pub mod tls;
 pub mod transport;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use config::Config;
+use error::ConfigError;
+use supervisor::{Ending, Observer, Supervisor, Systemd};
+
+/// Writes each server text message to stdout as one line, flushed at once.
+pub struct StdoutLines;
+
+impl Observer for StdoutLines {
+    fn message(&self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let written = out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if let Err(err) = written {
+            log::debug!("stdout: {err}");
+        }
+    }
+}
+
+/// Runs the command-line client: signals, stdin, systemd, the supervisor.
+/// Returns how it ended; `Err` is a configuration file problem (exit 78).
+pub fn run(config: Config) -> Result<Ending, ConfigError> {
+    // Handlers first, before any thread exists, so every thread inherits them.
+    let signals = match signals::SignalListener::install() {
+        Ok(signals) => Some(signals),
+        Err(err) => {
+            log::error!("signal handlers: {err}");
+            None
+        }
+    };
+    let once = config.once;
+    let max_line = config.max_message_size;
+    let supervisor = Supervisor::new(config, Arc::new(StdoutLines))?;
+    let systemd = Systemd {
+        notifier: sd_notify::Notifier::from_env(),
+        watchdog: sd_notify::watchdog_interval(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+            std::process::id(),
+        ),
+    };
+    let supervisor = supervisor.with_systemd(systemd);
+    let handle = supervisor.handle();
+    let signal_thread = signals.and_then(|signals| {
+        let handle = handle.clone();
+        signals
+            .spawn(move |signal| match signal {
+                signals::Signal::Terminate => handle.stop(),
+                signals::Signal::Reload => handle.reload(),
+            })
+            .map_err(|err| log::error!("signal thread: {err}"))
+            .ok()
+    });
+    let stdin_thread = if once {
+        None
+    } else {
+        let lines = handle.clone();
+        let eof = handle.clone();
+        stdin::spawn_reader(
+            std::io::stdin(),
+            max_line,
+            move |line| lines.send(line),
+            move || eof.input_closed(),
+        )
+        .map_err(|err| log::debug!("stdin not read: {err}"))
+        .ok()
+    };
+    drop(handle);
+    let ending = supervisor.run();
+    if let Some(thread) = stdin_thread {
+        thread.stop();
+    }
+    if let Some(thread) = signal_thread {
+        thread.stop();
+    }
+    Ok(ending)
+}

@@ -1,1 +1,325 @@
-//! signals
+//! SIGTERM, SIGINT and SIGHUP, turned into calls on an ordinary thread.
+//!
+//! # Anatomy
+//!
+//! [`SignalListener::install`] creates a non-blocking self-pipe and installs
+//! `sigaction` handlers that do only one async-signal-safe thing: `write(2)` one
+//! byte (the signal number) to the pipe, keeping `errno` intact. A full pipe
+//! drops the byte, which is harmless: a byte of the same kind is already waiting.
+//! [`SignalListener::spawn`] starts a thread that blocks in `poll(2)` on the
+//! pipe and on a private wake pipe, with no timeout, and calls the callback for
+//! each byte read. [`SignalThread::stop`] writes to the wake pipe and joins.
+//!
+//! # Ordering
+//!
+//! Call `install` in `main` before any other thread is spawned (signal-hook's
+//! advice): a signal arriving between thread start and installation would
+//! otherwise take the default action and kill the process. Signals arriving
+//! after `install` but before `spawn` wait in the pipe and are delivered once
+//! the thread runs.
+//!
+//! # Limitations
+//!
+//! One listener per process: a second `install` takes the handlers over for the
+//! new pipe. After [`SignalThread::stop`] the three signals get their default
+//! action back (a later SIGTERM ends the process at once).
+//!
+//! This and `stdin` are the only modules allowed `unsafe`; every block says why
+//! it is sound.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::thread::JoinHandle;
+
+/// What a signal asks of the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: close with 1001 and exit 0.
+    Terminate,
+    /// SIGHUP: re-read files, close with 1000, reconnect at once.
+    Reload,
+}
+
+impl Signal {
+    /// The meaning of signal number `signo`, if it is one we handle.
+    pub fn from_raw(signo: i32) -> Option<Signal> {
+        match signo {
+            libc::SIGTERM | libc::SIGINT => Some(Signal::Terminate),
+            libc::SIGHUP => Some(Signal::Reload),
+            _ => None,
+        }
+    }
+}
+
+/// The signals we install handlers for.
+const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Write end of the current self-pipe, or -1. Read by the handler, so it must
+/// be an atomic (lock-free, async-signal-safe).
+static PIPE_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signo: libc::c_int) {
+    let fd = PIPE_WRITE_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    let byte = signo as u8;
+    // SAFETY: `__errno_location` returns this thread's errno slot, valid for the
+    // thread's life; reading and restoring it keeps the interrupted code's errno.
+    // `write(2)` is async-signal-safe; `byte` lives for the call; the fd is
+    // non-blocking, so a full pipe fails with EAGAIN instead of hanging.
+    unsafe {
+        let errno = libc::__errno_location();
+        let saved = *errno;
+        libc::write(fd, (&raw const byte).cast(), 1);
+        *errno = saved;
+    }
+}
+
+/// A pipe as (read end, write end), both close-on-exec, non-blocking if asked.
+pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill in.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors that we alone own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets `signo`'s disposition to `handler` (a function or `SIG_DFL`).
+fn set_handler(signo: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
+    // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags);
+    // we then fill in the fields we need. `handler` is either SIG_DFL or
+    // `on_signal`, an `extern "C" fn(c_int)` that is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `fds` are ready; `poll(2)` with no timeout, retried on EINTR.
+/// Returns the `revents` of each descriptor.
+pub(crate) fn poll_forever<const N: usize>(fds: [RawFd; N]) -> io::Result<[libc::c_short; N]> {
+    let mut pollfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `pollfds` is a valid array of N pollfd structs for the call.
+        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), N as libc::nfds_t, -1) };
+        if n >= 0 {
+            return Ok(pollfds.map(|p| p.revents));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Reads what is available from non-blocking `fd` into `buf`; 0 means nothing.
+fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Writes one byte to `fd`, ignoring a full pipe (the reader is awake anyway).
+pub(crate) fn wake(fd: &OwnedFd) {
+    let byte = 1u8;
+    // SAFETY: `byte` is valid for one byte; a failed write only means the
+    // pipe already holds a wake-up byte.
+    unsafe {
+        libc::write(fd.as_raw_fd(), (&raw const byte).cast(), 1);
+    }
+}
+
+/// Handlers installed, signals collected in a pipe, not yet delivered anywhere.
+/// Dropping it without [`SignalListener::spawn`] restores the default actions.
+#[derive(Debug)]
+pub struct SignalListener {
+    read: OwnedFd,
+    installed: Installed,
+}
+
+/// Owns the self-pipe's write end while the handlers may write to it; on drop
+/// restores the default actions first, then forgets the fd, then closes it.
+#[derive(Debug)]
+struct Installed {
+    write: OwnedFd,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        for signo in HANDLED {
+            if let Err(err) = set_handler(signo, libc::SIG_DFL) {
+                log::debug!("signals: restoring default for {signo}: {err}");
+            }
+        }
+        // Forget our fd only if it is still the current one (a later install wins).
+        let _ = PIPE_WRITE_FD.compare_exchange(
+            self.write.as_raw_fd(),
+            -1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+}
+
+impl SignalListener {
+    /// Installs handlers for SIGTERM, SIGINT and SIGHUP. Call before spawning
+    /// any thread. Fails only if the pipe or `sigaction` fails (then exit: the
+    /// service could not be stopped cleanly).
+    pub fn install() -> io::Result<SignalListener> {
+        let (read, write) = pipe(true)?;
+        PIPE_WRITE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
+        // From here on, an error drops `installed`, restoring the defaults.
+        let installed = Installed { write };
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        for signo in HANDLED {
+            set_handler(signo, handler)?;
+        }
+        Ok(SignalListener { read, installed })
+    }
+
+    /// Starts the thread that calls `on_signal` for every signal received, in
+    /// order. The callback runs on that thread; it should only hand the signal
+    /// on (e.g. send an event on a channel) and must not block for long.
+    pub fn spawn(
+        self,
+        mut on_signal: impl FnMut(Signal) + Send + 'static,
+    ) -> io::Result<SignalThread> {
+        let (wake_read, wake_write) = pipe(true)?;
+        let SignalListener { read, installed } = self;
+        let handle = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    let revents = match poll_forever([read.as_raw_fd(), wake_read.as_raw_fd()]) {
+                        Ok(revents) => revents,
+                        Err(err) => {
+                            log::error!("signals: poll: {err}");
+                            return;
+                        }
+                    };
+                    if revents[0] != 0 {
+                        loop {
+                            match read_nonblocking(read.as_raw_fd(), &mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => buf[..n]
+                                    .iter()
+                                    .filter_map(|&b| Signal::from_raw(i32::from(b)))
+                                    .for_each(&mut on_signal),
+                                Err(err) => {
+                                    log::error!("signals: read: {err}");
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    if revents[1] != 0 {
+                        return;
+                    }
+                }
+            })?;
+        Ok(SignalThread {
+            handle,
+            wake: wake_write,
+            installed,
+        })
+    }
+}
+
+/// The running signals thread.
+#[derive(Debug)]
+pub struct SignalThread {
+    handle: JoinHandle<()>,
+    wake: OwnedFd,
+    installed: Installed,
+}
+
+impl SignalThread {
+    /// Restores the default action for the three signals, wakes the thread and
+    /// joins it. Signals not yet read when `stop` is called may be lost.
+    pub fn stop(self) {
+        let SignalThread {
+            handle,
+            wake: wake_fd,
+            installed,
+        } = self;
+        drop(installed);
+        wake(&wake_fd);
+        if handle.join().is_err() {
+            log::error!("signals: thread panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// The only test in this crate's unit tests that touches process-wide
+    /// signal dispositions. `raise` delivers to the calling thread, and the
+    /// handler only writes to the pipe, so other test threads are unaffected.
+    #[test]
+    fn raised_signals_reach_the_callback() {
+        let listener = SignalListener::install().expect("install");
+        // A signal before spawn waits in the pipe.
+        // SAFETY: raising a signal whose handler we just installed.
+        assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+        let (tx, rx) = mpsc::channel();
+        let thread = listener
+            .spawn(move |signal| {
+                let _ = tx.send(signal);
+            })
+            .expect("spawn");
+        let wait = || {
+            rx.recv_timeout(Duration::from_secs(5))
+                .expect("signal within 5 s")
+        };
+        assert_eq!(wait(), Signal::Reload);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::raise(libc::SIGINT) }, 0);
+        assert_eq!(wait(), Signal::Terminate);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+        assert_eq!(wait(), Signal::Terminate);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+        assert_eq!(wait(), Signal::Reload);
+        thread.stop();
+        assert_eq!(PIPE_WRITE_FD.load(Ordering::SeqCst), -1);
+    }
+
+    #[test]
+    fn signal_numbers() {
+        assert_eq!(Signal::from_raw(libc::SIGTERM), Some(Signal::Terminate));
+        assert_eq!(Signal::from_raw(libc::SIGINT), Some(Signal::Terminate));
+        assert_eq!(Signal::from_raw(libc::SIGHUP), Some(Signal::Reload));
+        assert_eq!(Signal::from_raw(libc::SIGUSR1), None);
+    }
+}

@@ -1,1 +1,381 @@
-//! status_file
+//! The `--status-file`: the client's state as `key=value` lines that a shell can
+//! source (`. /run/wsbeat/status`), replaced atomically.
+//!
+//! [`render`] is pure and follows the os-release quoting rule from the contract:
+//! a value made only of letters, digits and `_ . / : @ % + , = -` is written bare,
+//! an empty value as `key=`, anything else single-quoted with `'` written as `'\''`.
+//! [`StatusFile::write`] writes a temporary file in the same folder and renames it
+//! over the target, so a reader sees the old or the new file, never a mix. How
+//! often to write (on state change, at most once per ping interval otherwise) is
+//! the supervisor's decision.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+/// The connection state named by `state=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Resolving, connecting, TLS or upgrade in progress.
+    Connecting,
+    /// Upgraded; heartbeats are running.
+    Connected,
+    /// Waiting before the next connection attempt.
+    Backoff,
+    /// Shut down (signal, `--max-retries` exhausted).
+    Stopped,
+}
+
+impl State {
+    /// The word written to the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Backoff => "backoff",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// Everything the status file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Current state.
+    pub state: State,
+    /// The server URL as configured.
+    pub url: String,
+    /// When `state` began, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// Last heartbeat round trip; `None` until one has been measured.
+    pub rtt_ms: Option<f64>,
+    /// Successful connects after the first.
+    pub reconnects: u64,
+    /// Stdin messages dropped from a full queue.
+    pub dropped: u64,
+    /// The last error, if any; forced to one line when rendered.
+    pub last_error: Option<String>,
+}
+
+/// The file's text for `status`: seven `key=value` lines, each ending in `\n`.
+pub fn render(status: &Status) -> String {
+    let rtt = status
+        .rtt_ms
+        .map(|ms| format!("{ms:.1}"))
+        .unwrap_or_default();
+    let last_error = status
+        .last_error
+        .as_deref()
+        .map(one_line)
+        .unwrap_or_default();
+    let mut out = String::with_capacity(160);
+    let mut line = |key: &str, value: &str| {
+        let _ = writeln!(out, "{key}={}", quote(value));
+    };
+    line("state", status.state.as_str());
+    line("url", &status.url);
+    line("since_unix_ms", &status.since_unix_ms.to_string());
+    line("rtt_ms", &rtt);
+    line("reconnects", &status.reconnects.to_string());
+    line("dropped", &status.dropped.to_string());
+    line("last_error", &last_error);
+    out
+}
+
+/// `value` as an os-release / shell value: bare if safe, else single-quoted.
+pub fn quote(value: &str) -> String {
+    let bare = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_./:@%+,=-".contains(c));
+    if bare {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `text` with every control character (newlines included) turned into a space,
+/// so the value stays on one line for `grep`/`cut` users as well as shells.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The status file at a fixed path.
+#[derive(Debug, Clone)]
+pub struct StatusFile {
+    path: PathBuf,
+    temp: PathBuf,
+}
+
+impl StatusFile {
+    /// A status file at `path`. Nothing is written until [`StatusFile::write`];
+    /// the folder must exist then (under systemd: `RuntimeDirectory=`).
+    pub fn new(path: PathBuf) -> StatusFile {
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "status".to_owned());
+        let temp_name = format!(".{name}.{}.tmp", std::process::id());
+        let temp = match path.parent() {
+            Some(dir) => dir.join(temp_name),
+            None => PathBuf::from(temp_name),
+        };
+        StatusFile { path, temp }
+    }
+
+    /// Where the file lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file with `status`: write a temporary file next to it, then
+    /// rename it over the old one. No fsync: the file is meant for a tmpfs such
+    /// as `/run`, and syncing would wear flash on every heartbeat. On error the
+    /// temporary file is removed and the old status file is left as it was;
+    /// the caller should log the error and carry on.
+    pub fn write(&self, status: &Status) -> io::Result<()> {
+        let result = self
+            .write_temp(status)
+            .and_then(|()| fs::rename(&self.temp, &self.path));
+        if result.is_err() {
+            let _ = fs::remove_file(&self.temp);
+        }
+        result
+    }
+
+    fn write_temp(&self, status: &Status) -> io::Result<()> {
+        let mut file = fs::File::create(&self.temp)?;
+        file.write_all(render(status).as_bytes())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! A walkdir-style temporary directory for this crate's unit tests.
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A unique empty directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            static COUNT: AtomicU32 = AtomicU32::new(0);
+            let n = COUNT.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("wsbeat-unit-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            TempDir(dir)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::TempDir;
+    use super::*;
+    use std::process::Command;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn sample() -> Status {
+        Status {
+            state: State::Connected,
+            url: "wss://example.com/ws".into(),
+            since_unix_ms: 1_764_100_000_000,
+            rtt_ms: Some(12.34),
+            reconnects: 2,
+            dropped: 0,
+            last_error: Some("connect: Connection refused (os error 111)".into()),
+        }
+    }
+
+    #[test]
+    fn renders_the_contract_example() {
+        assert_eq!(
+            render(&sample()),
+            "state=connected\n\
+             url=wss://example.com/ws\n\
+             since_unix_ms=1764100000000\n\
+             rtt_ms=12.3\n\
+             reconnects=2\n\
+             dropped=0\n\
+             last_error='connect: Connection refused (os error 111)'\n"
+        );
+    }
+
+    #[test]
+    fn empty_values_are_bare() {
+        let status = Status {
+            state: State::Connecting,
+            rtt_ms: None,
+            last_error: None,
+            ..sample()
+        };
+        let text = render(&status);
+        assert!(text.starts_with("state=connecting\n"), "{text}");
+        assert!(text.contains("\nrtt_ms=\n"), "{text}");
+        assert!(text.ends_with("\nlast_error=\n"), "{text}");
+        assert_eq!(State::Backoff.as_str(), "backoff");
+        assert_eq!(State::Stopped.as_str(), "stopped");
+    }
+
+    #[test]
+    fn quoting_follows_os_release() {
+        assert_eq!(quote(""), "");
+        assert_eq!(quote("a-Z_0.9/:@%+,="), "a-Z_0.9/:@%+,=");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        assert_eq!(quote("$(x)"), "'$(x)'");
+        assert_eq!(quote("ws://h/p?a=1&b=2"), "'ws://h/p?a=1&b=2'");
+        assert_eq!(quote("é"), "'é'");
+        assert_eq!(one_line("a\nb\r\tc"), "a b  c");
+    }
+
+    /// Sources `file` in `sh` and prints each variable, NUL-separated.
+    fn source(file: &Path) -> Vec<String> {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#". "$1" && printf '%s\0' "$state" "$url" "$since_unix_ms" "$rtt_ms" "$reconnects" "$dropped" "$last_error""#,
+            )
+            .arg("sh")
+            .arg(file)
+            .current_dir(file.parent().expect("file has a folder"))
+            .output()
+            .expect("run sh");
+        assert!(
+            out.status.success(),
+            "sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        text.split_terminator('\0').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn hostile_values_survive_sourcing_in_sh() {
+        let dir = TempDir::new("status-sh");
+        let file = StatusFile::new(dir.path().join("status"));
+        let url = "ws://h/p?x=1&y='2' $(touch pwned1) `touch pwned2` \"q\" \\ ;|<>*".to_owned();
+        let error = "it's bad\nreally $(touch pwned3)\r\n'; touch pwned4; '".to_owned();
+        let status = Status {
+            url: url.clone(),
+            rtt_ms: Some(0.05),
+            last_error: Some(error.clone()),
+            ..sample()
+        };
+        file.write(&status).expect("write");
+        let values = source(file.path());
+        assert_eq!(
+            values,
+            vec![
+                "connected".to_owned(),
+                url,
+                "1764100000000".to_owned(),
+                "0.1".to_owned(),
+                "2".to_owned(),
+                "0".to_owned(),
+                one_line(&error),
+            ]
+        );
+        for n in 1..=4 {
+            assert!(!dir.path().join(format!("pwned{n}")).exists(), "pwned{n}");
+        }
+        let text = fs::read_to_string(file.path()).expect("read");
+        assert_eq!(text.lines().count(), 7, "{text}");
+    }
+
+    #[test]
+    fn write_replaces_and_leaves_no_temp_file() {
+        let dir = TempDir::new("status-replace");
+        let file = StatusFile::new(dir.path().join("status"));
+        file.write(&sample()).expect("first write");
+        let stopped = Status {
+            state: State::Stopped,
+            ..sample()
+        };
+        file.write(&stopped).expect("second write");
+        assert_eq!(
+            fs::read_to_string(file.path()).expect("read"),
+            render(&stopped)
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("status")]);
+    }
+
+    #[test]
+    fn write_into_a_missing_folder_fails_cleanly() {
+        let dir = TempDir::new("status-missing");
+        let file = StatusFile::new(dir.path().join("nope").join("status"));
+        assert!(file.write(&sample()).is_err());
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_partial_file() {
+        let dir = TempDir::new("status-atomic");
+        let file = StatusFile::new(dir.path().join("status"));
+        // Sizes vary from write to write, so a torn read would show.
+        let status_n = |n: u64| Status {
+            reconnects: n,
+            last_error: Some("x".repeat((n % 97) as usize * 13)),
+            ..sample()
+        };
+        file.write(&status_n(0)).expect("initial write");
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let done = Arc::clone(&done);
+            let path = file.path().to_owned();
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    let text = fs::read_to_string(&path).expect("the file always exists");
+                    let n: u64 = text
+                        .lines()
+                        .find_map(|line| line.strip_prefix("reconnects="))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("no reconnects line in {text:?}"));
+                    assert_eq!(text, render(&status_n(n)), "torn read");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for n in 1..=1000 {
+            file.write(&status_n(n)).expect("write");
+        }
+        done.store(true, Ordering::Release);
+        let reads = reader.join().expect("reader thread");
+        assert!(reads > 0);
+        assert_eq!(
+            fs::read_to_string(file.path()).expect("read"),
+            render(&status_n(1000))
+        );
+    }
+}

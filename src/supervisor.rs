@@ -1,1 +1,1003 @@
-//! supervisor
+//! The supervisor: the only owner of state. It runs the reconnect loop over one
+//! channel of [`Event`]s, decides when a connection is dead, picks reconnect
+//! delays, and keeps the status file and systemd informed.
+//!
+//! It never touches the socket itself except to shut it down: writes go through
+//! the connection's heartbeat thread, reads happen on its reader thread, and the
+//! connect attempt runs on a connect thread. So the supervisor's own wait is
+//! always a `recv_timeout` until its next deadline, and it stays responsive to
+//! signals and the watchdog whatever the network does.
+
+use std::collections::VecDeque;
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use native_tls::TlsConnector;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::backoff::{Backoff, Failure, Random, SplitMix64};
+use crate::config::{Config, HeartbeatMode};
+use crate::error::{ConfigError, ConnectError, Stage};
+use crate::headers::read_header_file;
+use crate::heartbeat::{self, Command, Liveness, Proof, Schedule};
+use crate::reader::{Reader, SharedSocket};
+use crate::sd_notify::{Notifier, Notify};
+use crate::status_file::{State, Status, StatusFile};
+use crate::tls::TlsFiles;
+use crate::transport::{self, Connection, Dial};
+
+/// Identifies one connection attempt; every event carries it, so a late event
+/// from a connection already torn down is recognised and ignored.
+pub type ConnId = u64;
+
+/// Lines handed to the heartbeat thread ahead of confirmation; the rest wait in the queue.
+const SEND_WINDOW: usize = 8;
+/// With the heartbeat off, a connection this old counts as proven alive.
+const QUIET_PROOF: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for the server's Close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Slack past `--connect-timeout` before a connect thread stuck in DNS is abandoned.
+const CONNECT_SLACK: Duration = Duration::from_secs(1);
+/// Stack for per-connection threads; they hold little, and 32-bit boards have little address space.
+const THREAD_STACK: usize = 256 * 1024;
+
+/// Everything that wakes the supervisor.
+pub enum Event {
+    /// A connect attempt finished.
+    Connected {
+        /// The attempt.
+        conn: ConnId,
+        /// The connection, or why there is none.
+        result: Result<Box<Connection>, ConnectError>,
+    },
+    /// The heartbeat thread sent heartbeat `seq`.
+    PingSent {
+        /// Connection.
+        conn: ConnId,
+        /// Heartbeat sequence number.
+        seq: u64,
+        /// When it went out.
+        sent_at: Instant,
+    },
+    /// The reader received something that may prove liveness.
+    Frame {
+        /// Connection.
+        conn: ConnId,
+        /// What it was.
+        proof: Proof,
+        /// When it arrived.
+        at: Instant,
+    },
+    /// The heartbeat thread wrote one queued line.
+    Written {
+        /// Connection.
+        conn: ConnId,
+    },
+    /// The server closed the connection with a Close frame (already answered).
+    Closed {
+        /// Connection.
+        conn: ConnId,
+        /// Close code, if the frame had one.
+        code: Option<u16>,
+        /// Close reason.
+        reason: String,
+    },
+    /// The connection failed (read or write error, oversized message).
+    Dead {
+        /// Connection.
+        conn: ConnId,
+        /// Why, one line.
+        reason: String,
+    },
+    /// A line to send to the server.
+    Line(String),
+    /// Input ended; nothing to do but note it.
+    InputClosed,
+    /// SIGHUP: re-read files, reconnect at once.
+    Reload,
+    /// SIGTERM/SIGINT: close with 1001 and stop.
+    Terminate,
+}
+
+/// Receives what the client gets from the server, and its state changes.
+pub trait Observer: Send + Sync {
+    /// A text message from the server (heartbeat replies excluded).
+    fn message(&self, text: &str);
+    /// The state changed (connecting, connected, backoff, stopped).
+    fn state(&self, _status: &Status) {}
+}
+
+/// How [`Supervisor::run`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// Stopped on request (signal or [`Handle::stop`]).
+    Stopped,
+    /// `--max-retries` attempts in a row failed; the last error.
+    GaveUp(String),
+    /// `--once`: the heartbeat was answered after this round trip.
+    ProbeAnswered(Duration),
+    /// `--once`: it was not; why.
+    ProbeFailed(String),
+}
+
+/// A cloneable way to talk to a running supervisor from other threads.
+#[derive(Clone)]
+pub struct Handle(Sender<Event>);
+
+impl Handle {
+    /// Sends `text` to the server (queued while disconnected).
+    pub fn send(&self, text: String) {
+        let _ = self.0.send(Event::Line(text));
+    }
+
+    /// Close with 1001 and end [`Supervisor::run`].
+    pub fn stop(&self) {
+        let _ = self.0.send(Event::Terminate);
+    }
+
+    /// Re-read the header and TLS files and reconnect at once.
+    pub fn reload(&self) {
+        let _ = self.0.send(Event::Reload);
+    }
+
+    /// Tells the supervisor that input ended (only logged).
+    pub fn input_closed(&self) {
+        let _ = self.0.send(Event::InputClosed);
+    }
+}
+
+/// systemd integration, read from the environment by the caller.
+#[derive(Default)]
+pub struct Systemd {
+    /// `NOTIFY_SOCKET`.
+    pub notifier: Option<Notifier>,
+    /// Half of `WATCHDOG_USEC`.
+    pub watchdog: Option<Duration>,
+}
+
+/// A live connection and the two threads serving it.
+struct Active {
+    conn: ConnId,
+    tcp: TcpStream,
+    commands: Sender<Command>,
+    reader: JoinHandle<()>,
+    heartbeat: JoinHandle<Vec<String>>,
+    liveness: Liveness,
+    connected_at: Instant,
+    /// Set once a Close has been sent and we wait for the server's.
+    closing_until: Option<Instant>,
+    /// With the heartbeat off: up long enough to count as alive.
+    quiet_proven: bool,
+}
+
+enum Phase {
+    Connecting {
+        conn: ConnId,
+        give_up_at: Instant,
+        thread: JoinHandle<()>,
+    },
+    Connected(Box<Active>),
+    Backoff {
+        until: Instant,
+    },
+}
+
+/// The reconnect loop. Build with [`Supervisor::new`], then [`Supervisor::run`].
+pub struct Supervisor {
+    config: Config,
+    file_headers: Vec<(String, String)>,
+    tls_files: TlsFiles,
+    connector: Option<TlsConnector>,
+    observer: Arc<dyn Observer>,
+    systemd: Systemd,
+    status_file: Option<StatusFile>,
+    random: Box<dyn Random + Send>,
+    events: Sender<Event>,
+    inbox: Receiver<Event>,
+    backoff: Backoff,
+    phase: Phase,
+    next_conn: ConnId,
+    failures_in_row: u32,
+    connects: u64,
+    status: Status,
+    status_written_at: Option<Instant>,
+    status_dirty: bool,
+    next_watchdog: Option<Instant>,
+    queue: VecDeque<String>,
+    in_flight: usize,
+    stopping: bool,
+    /// Connect threads abandoned past their deadline (stuck in DNS); joined once finished.
+    stragglers: Vec<JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Reads and checks the files the configuration names (exit 78 on failure).
+    pub fn new(config: Config, observer: Arc<dyn Observer>) -> Result<Supervisor, ConfigError> {
+        let tls_files = TlsFiles::load(&config)?;
+        let file_headers = match &config.header_file {
+            Some(path) => read_header_file(path)?,
+            None => Vec::new(),
+        };
+        let (events, inbox) = mpsc::channel();
+        let status = Status {
+            state: State::Connecting,
+            url: config.target.url.clone(),
+            since_unix_ms: unix_ms_now(),
+            rtt_ms: None,
+            reconnects: 0,
+            dropped: 0,
+            last_error: None,
+        };
+        Ok(Supervisor {
+            backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+            status_file: config.status_file.clone().map(StatusFile::new),
+            config,
+            file_headers,
+            tls_files,
+            connector: None,
+            observer,
+            systemd: Systemd::default(),
+            random: Box::new(SplitMix64::from_os()),
+            events,
+            inbox,
+            phase: Phase::Backoff {
+                until: Instant::now(),
+            },
+            next_conn: 0,
+            failures_in_row: 0,
+            connects: 0,
+            status,
+            status_written_at: None,
+            status_dirty: false,
+            next_watchdog: None,
+            queue: VecDeque::new(),
+            in_flight: 0,
+            stopping: false,
+            stragglers: Vec::new(),
+        })
+    }
+
+    /// Reports to systemd while running.
+    pub fn with_systemd(mut self, systemd: Systemd) -> Supervisor {
+        self.systemd = systemd;
+        self
+    }
+
+    /// Replaces the random source (reproducible runs, fixed-delay comparisons).
+    pub fn with_random(mut self, random: Box<dyn Random + Send>) -> Supervisor {
+        self.random = random;
+        self
+    }
+
+    /// A handle for other threads (stdin, signals, the embedding application).
+    pub fn handle(&self) -> Handle {
+        Handle(self.events.clone())
+    }
+
+    /// Runs until stopped, given up, or the `--once` probe is decided.
+    pub fn run(mut self) -> Ending {
+        self.notify(&[Notify::Ready]);
+        if let Some(interval) = self.systemd.watchdog {
+            self.next_watchdog = Some(Instant::now() + interval);
+        }
+        self.start_connect(Instant::now());
+        loop {
+            let now = Instant::now();
+            if let Some(ending) = self.on_time(now) {
+                return self.finish(ending);
+            }
+            let event = match self.next_deadline() {
+                Some(deadline) => self
+                    .inbox
+                    .recv_timeout(deadline.saturating_duration_since(now)),
+                None => self
+                    .inbox
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match event {
+                Ok(event) => {
+                    if let Some(ending) = self.on_event(event, Instant::now()) {
+                        return self.finish(ending);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // We hold a sender ourselves, so the channel cannot disconnect.
+                Err(RecvTimeoutError::Disconnected) => return self.finish(Ending::Stopped),
+            }
+        }
+    }
+
+    /// The earliest moment something must happen without an event.
+    fn next_deadline(&self) -> Option<Instant> {
+        let phase = match &self.phase {
+            Phase::Connecting { give_up_at, .. } => Some(*give_up_at),
+            Phase::Backoff { until } => Some(*until),
+            Phase::Connected(active) => {
+                let quiet_proof = (!active.quiet_proven && self.config.ping_interval.is_zero())
+                    .then(|| active.connected_at + QUIET_PROOF);
+                [
+                    active.liveness.deadline(),
+                    quiet_proof,
+                    active.closing_until,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+            }
+        };
+        let status_refresh = self
+            .status_dirty
+            .then(|| {
+                self.status_written_at
+                    .map(|at| at + self.refresh_interval())
+            })
+            .flatten();
+        [phase, self.next_watchdog, status_refresh]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn refresh_interval(&self) -> Duration {
+        if self.config.ping_interval.is_zero() {
+            Duration::from_secs(20)
+        } else {
+            self.config.ping_interval
+        }
+    }
+
+    /// Deadlines that have passed.
+    fn on_time(&mut self, now: Instant) -> Option<Ending> {
+        if let Some(at) = self.next_watchdog.filter(|&at| now >= at) {
+            self.notify(&[Notify::Watchdog]);
+            let interval = self.systemd.watchdog.unwrap_or(Duration::from_secs(1));
+            self.next_watchdog = Some((at + interval).max(now));
+        }
+        if self.status_dirty
+            && self
+                .status_written_at
+                .is_some_and(|at| now >= at + self.refresh_interval())
+        {
+            self.write_status(now);
+        }
+        match &mut self.phase {
+            Phase::Backoff { until } if now >= *until => {
+                if self.stopping {
+                    return Some(Ending::Stopped);
+                }
+                self.start_connect(now);
+            }
+            Phase::Connecting { give_up_at, .. } if now >= *give_up_at => {
+                let Phase::Connecting { thread, .. } = self.replace_phase(now) else {
+                    unreachable!("matched above")
+                };
+                self.stragglers.push(thread);
+                return self.connect_failed(ConnectError::Timeout(Stage::Resolve), now);
+            }
+            Phase::Connected(active) => {
+                if active.closing_until.is_some_and(|until| now >= until) {
+                    let reason = "server did not answer our Close in time".to_string();
+                    return self.connection_lost(reason, false, now);
+                }
+                if active.liveness.is_dead(now) {
+                    let reason = format!(
+                        "no heartbeat answer within --pong-timeout ({})",
+                        fmt_duration(self.config.pong_timeout)
+                    );
+                    if self.config.once {
+                        self.teardown(false);
+                        return Some(Ending::ProbeFailed(reason));
+                    }
+                    return self.connection_lost(reason, false, now);
+                }
+                if self.config.ping_interval.is_zero()
+                    && !active.quiet_proven
+                    && now >= active.connected_at + QUIET_PROOF
+                {
+                    // Heartbeat off: surviving this long is the only proof available.
+                    active.quiet_proven = true;
+                    self.backoff.reset();
+                    self.failures_in_row = 0;
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn on_event(&mut self, event: Event, now: Instant) -> Option<Ending> {
+        match event {
+            Event::Connected { conn, result } => self.on_connected(conn, result, now),
+            Event::PingSent { conn, seq, sent_at } => {
+                if let Some(active) = self.active_mut(conn) {
+                    active.liveness.on_ping_sent(seq, sent_at);
+                }
+                None
+            }
+            Event::Frame { conn, proof, at } => self.on_frame(conn, proof, at, now),
+            Event::Written { conn } => {
+                if self.active_mut(conn).is_some() {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    self.pump();
+                }
+                None
+            }
+            Event::Closed { conn, code, reason } => {
+                let closing = self.active_mut(conn)?.closing_until.is_some();
+                let code_text = code.map_or("no code".to_string(), |c| c.to_string());
+                if closing {
+                    log::debug!("server answered our Close ({code_text})");
+                    return self.connection_lost("closed".into(), true, now);
+                }
+                log::info!("server closed the connection: {code_text} {reason:?}");
+                let reason = format!("server closed the connection: {code_text} {reason}");
+                if self.config.once {
+                    self.teardown(false);
+                    return Some(Ending::ProbeFailed(reason));
+                }
+                self.connection_lost(reason, true, now)
+            }
+            Event::Dead { conn, reason } => {
+                let closing = self.active_mut(conn)?.closing_until.is_some();
+                if self.config.once && !closing {
+                    self.teardown(false);
+                    return Some(Ending::ProbeFailed(reason));
+                }
+                self.connection_lost(reason, false, now)
+            }
+            Event::Line(text) => {
+                self.enqueue(text);
+                self.pump();
+                None
+            }
+            Event::InputClosed => {
+                log::debug!("stdin closed; the connection stays up");
+                None
+            }
+            Event::Reload => {
+                self.reload(now);
+                None
+            }
+            Event::Terminate => self.terminate(now),
+        }
+    }
+
+    fn active_mut(&mut self, conn: ConnId) -> Option<&mut Active> {
+        match &mut self.phase {
+            Phase::Connected(active) if active.conn == conn => Some(active),
+            _ => None,
+        }
+    }
+
+    fn replace_phase(&mut self, now: Instant) -> Phase {
+        std::mem::replace(&mut self.phase, Phase::Backoff { until: now })
+    }
+
+    fn start_connect(&mut self, now: Instant) {
+        self.reap_stragglers();
+        if let Some(path) = &self.config.header_file {
+            // Re-read on every attempt so a rotated token is used without a restart.
+            match read_header_file(path) {
+                Ok(headers) => self.file_headers = headers,
+                Err(err) => log::error!("{err}; using the headers read before"),
+            }
+        }
+        if self.config.target.tls && self.connector.is_none() {
+            match self.tls_files.connector() {
+                Ok(connector) => self.connector = Some(connector),
+                Err(err) => {
+                    self.phase = Phase::Backoff { until: now };
+                    self.connect_failed(ConnectError::Tls(err), now);
+                    return;
+                }
+            }
+        }
+        if self.tls_files.insecure() && self.config.target.tls {
+            log::warn!("--insecure: the server's certificate is not verified");
+        }
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        let mut headers = self.config.headers.clone();
+        headers.extend(self.file_headers.iter().cloned());
+        let target = self.config.target.clone();
+        let subprotocols = self.config.subprotocols.clone();
+        let connector = self.connector.clone().filter(|_| target.tls);
+        let ws_config = ws_config(&self.config);
+        let write_timeout = self.config.pong_timeout.max(Duration::from_secs(1));
+        let deadline = now + self.config.connect_timeout;
+        let events = self.events.clone();
+        let spawned = thread::Builder::new()
+            .name("wsbeat-connect".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                let dial = Dial {
+                    target: &target,
+                    headers: &headers,
+                    subprotocols: &subprotocols,
+                    tls: connector.as_ref(),
+                    ws_config,
+                    write_timeout,
+                };
+                let result = transport::connect(&dial, deadline).map(Box::new);
+                let _ = events.send(Event::Connected { conn, result });
+            });
+        match spawned {
+            Ok(thread) => {
+                log::debug!(
+                    "connecting to {} (attempt {})",
+                    self.config.target.url,
+                    conn
+                );
+                self.phase = Phase::Connecting {
+                    conn,
+                    give_up_at: deadline + CONNECT_SLACK,
+                    thread,
+                };
+                self.set_state(State::Connecting, now);
+            }
+            Err(err) => {
+                self.phase = Phase::Backoff { until: now };
+                self.connect_failed(ConnectError::Tcp(err), now);
+            }
+        }
+    }
+
+    fn reap_stragglers(&mut self) {
+        let (done, running): (Vec<_>, Vec<_>) =
+            self.stragglers.drain(..).partition(|t| t.is_finished());
+        for thread in done {
+            let _ = thread.join();
+        }
+        self.stragglers = running;
+    }
+
+    fn on_connected(
+        &mut self,
+        conn: ConnId,
+        result: Result<Box<Connection>, ConnectError>,
+        now: Instant,
+    ) -> Option<Ending> {
+        let current = matches!(&self.phase, Phase::Connecting { conn: c, .. } if *c == conn);
+        if !current {
+            // A straggler finished late: its connection (if any) is dropped unused.
+            self.reap_stragglers();
+            return None;
+        }
+        let Phase::Connecting { thread, .. } = self.replace_phase(now) else {
+            unreachable!("checked above")
+        };
+        let _ = thread.join();
+        match result {
+            Ok(connection) => self.on_open(conn, *connection, now),
+            Err(err) => self.connect_failed(err, now),
+        }
+    }
+
+    fn on_open(&mut self, conn: ConnId, connection: Connection, now: Instant) -> Option<Ending> {
+        match &connection.subprotocol {
+            Some(protocol) => log::info!(
+                "connected to {} (subprotocol {protocol})",
+                self.config.target.url
+            ),
+            None => log::info!("connected to {}", self.config.target.url),
+        }
+        let Connection { ws, tcp, .. } = connection;
+        let base = now;
+        let socket = Arc::new(SharedSocket::new(ws));
+        let (commands, command_inbox) = mpsc::channel();
+        let wait_on = match tcp.try_clone() {
+            Ok(clone) => clone,
+            Err(err) => return self.connect_failed(ConnectError::Tcp(err), now),
+        };
+        let reader = Reader {
+            conn,
+            socket: Arc::clone(&socket),
+            wait_on,
+            pong_text: (self.config.heartbeat == HeartbeatMode::Text)
+                .then(|| self.config.pong_text.clone()),
+            observer: if self.config.once {
+                Arc::new(Silent)
+            } else {
+                Arc::clone(&self.observer)
+            },
+            events: self.events.clone(),
+        };
+        let schedule = Schedule {
+            interval: self.config.ping_interval,
+            mode: self.config.heartbeat,
+            ping_text: self.config.ping_text.clone(),
+            immediate: self.config.once,
+        };
+        let events = self.events.clone();
+        let reader = thread::Builder::new()
+            .name("wsbeat-reader".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || reader.run());
+        let reader = match reader {
+            Ok(reader) => reader,
+            Err(err) => {
+                let _ = tcp.shutdown(Shutdown::Both);
+                return self.connect_failed(ConnectError::Tcp(err), now);
+            }
+        };
+        let heartbeat = thread::Builder::new()
+            .name("wsbeat-heartbeat".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || heartbeat::run(conn, socket, schedule, base, command_inbox, events));
+        let heartbeat = match heartbeat {
+            Ok(heartbeat) => heartbeat,
+            Err(err) => {
+                let _ = tcp.shutdown(Shutdown::Both);
+                let _ = reader.join();
+                return self.connect_failed(ConnectError::Tcp(err), now);
+            }
+        };
+        let strict = self.config.strict_pong || self.config.once;
+        self.phase = Phase::Connected(Box::new(Active {
+            conn,
+            tcp,
+            commands,
+            reader,
+            heartbeat,
+            liveness: Liveness::new(
+                self.config.heartbeat,
+                strict,
+                self.config.pong_timeout,
+                base,
+            ),
+            connected_at: now,
+            closing_until: None,
+            quiet_proven: false,
+        }));
+        self.connects += 1;
+        self.status.reconnects = self.connects.saturating_sub(1);
+        self.status.last_error = None;
+        self.in_flight = 0;
+        self.set_state(State::Connected, now);
+        self.pump();
+        None
+    }
+
+    fn on_frame(
+        &mut self,
+        conn: ConnId,
+        proof: Proof,
+        at: Instant,
+        now: Instant,
+    ) -> Option<Ending> {
+        let once = self.config.once;
+        let active = self.active_mut(conn)?;
+        let was_proven = active.liveness.proven();
+        let rtt = active.liveness.on_frame(&proof, at);
+        let proven = active.liveness.proven();
+        if once {
+            if let Some(rtt) = rtt {
+                let _ = active.commands.send(Command::Close(CloseCode::Normal, ""));
+                self.teardown(true);
+                return Some(Ending::ProbeAnswered(rtt));
+            }
+            return None;
+        }
+        if proven && !was_proven {
+            self.backoff.reset();
+            self.failures_in_row = 0;
+        }
+        if let Some(rtt) = rtt {
+            log::debug!("heartbeat rtt {:.1} ms", rtt.as_secs_f64() * 1000.0);
+            self.status.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+            self.status_dirty = true;
+            if self
+                .status_written_at
+                .is_none_or(|at| now >= at + self.refresh_interval())
+            {
+                self.write_status(now);
+            }
+        }
+        None
+    }
+
+    fn connect_failed(&mut self, err: ConnectError, now: Instant) -> Option<Ending> {
+        let failure = match &err {
+            ConnectError::Rejected {
+                status: 401 | 403, ..
+            } => {
+                log::error!("{}: {err}; check the credentials", self.config.target.url);
+                Failure::Unauthorized
+            }
+            ConnectError::Rejected {
+                retry_after: Some(after),
+                ..
+            } => {
+                log::warn!("{}: {err}", self.config.target.url);
+                Failure::RetryAfter(*after)
+            }
+            _ => {
+                log::warn!("{}: {err}", self.config.target.url);
+                Failure::Normal
+            }
+        };
+        self.status.last_error = Some(err.to_string());
+        if self.config.once {
+            return Some(Ending::ProbeFailed(err.to_string()));
+        }
+        self.failures_in_row = self.failures_in_row.saturating_add(1);
+        if self.config.max_retries > 0 && self.failures_in_row >= self.config.max_retries {
+            return Some(Ending::GaveUp(format!(
+                "giving up after {} failed attempts in a row: {err}",
+                self.failures_in_row
+            )));
+        }
+        self.schedule_retry(failure, now);
+        None
+    }
+
+    fn schedule_retry(&mut self, failure: Failure, now: Instant) {
+        let delay = self.backoff.next_delay(failure, self.random.as_mut());
+        log::info!("reconnecting in {}", fmt_duration(delay));
+        self.phase = Phase::Backoff { until: now + delay };
+        self.set_state(State::Backoff, now);
+    }
+
+    /// The live connection ended: tear it down and reconnect (or stop, if stopping).
+    fn connection_lost(&mut self, reason: String, graceful: bool, now: Instant) -> Option<Ending> {
+        self.teardown(graceful);
+        if self.stopping {
+            return Some(Ending::Stopped);
+        }
+        log::warn!("connection lost: {reason}");
+        self.status.last_error = Some(reason);
+        self.schedule_retry(Failure::Normal, now);
+        None
+    }
+
+    /// Ends the live connection and joins its threads. `graceful` lets queued
+    /// writes (a Close) go out first; otherwise the socket is shut down at once,
+    /// because a dead peer will never take them.
+    fn teardown(&mut self, graceful: bool) {
+        let now = Instant::now();
+        let Phase::Connected(active) = self.replace_phase(now) else {
+            return;
+        };
+        let Active {
+            tcp,
+            commands,
+            reader,
+            heartbeat,
+            ..
+        } = *active;
+        if !graceful {
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
+        drop(commands);
+        let unsent = heartbeat.join().unwrap_or_default();
+        let _ = tcp.shutdown(Shutdown::Both);
+        let _ = reader.join();
+        // Lines handed to the heartbeat thread but not written go back to the front, in order.
+        for text in unsent.into_iter().rev() {
+            self.queue.push_front(text);
+        }
+        while self.queue.len() > self.config.queue_size {
+            self.drop_oldest();
+        }
+        self.in_flight = 0;
+    }
+
+    fn enqueue(&mut self, text: String) {
+        if self.queue.len() >= self.config.queue_size {
+            let can_send_now = self.in_flight < SEND_WINDOW
+                && matches!(&self.phase, Phase::Connected(a) if a.closing_until.is_none());
+            if !can_send_now {
+                if self.config.queue_size == 0 {
+                    self.count_dropped();
+                    return;
+                }
+                self.drop_oldest();
+            }
+        }
+        self.queue.push_back(text);
+    }
+
+    fn drop_oldest(&mut self) {
+        if self.queue.pop_front().is_some() {
+            self.count_dropped();
+        }
+    }
+
+    fn count_dropped(&mut self) {
+        self.status.dropped += 1;
+        if self.status.dropped == 1 || self.status.dropped % 100 == 0 {
+            log::warn!(
+                "queue full (--queue-size {}): {} message(s) dropped so far",
+                self.config.queue_size,
+                self.status.dropped
+            );
+        }
+        self.status_dirty = true;
+    }
+
+    /// Hands queued lines to the heartbeat thread while the window allows.
+    fn pump(&mut self) {
+        let Phase::Connected(active) = &self.phase else {
+            return;
+        };
+        if active.closing_until.is_some() {
+            return;
+        }
+        while self.in_flight < SEND_WINDOW {
+            let Some(text) = self.queue.pop_front() else {
+                break;
+            };
+            if let Err(mpsc::SendError(Command::Send(text))) =
+                active.commands.send(Command::Send(text))
+            {
+                self.queue.push_front(text);
+                break;
+            }
+            self.in_flight += 1;
+        }
+    }
+
+    fn reload(&mut self, now: Instant) {
+        log::info!("SIGHUP: re-reading files and reconnecting");
+        match TlsFiles::load(&self.config) {
+            Ok(files) => {
+                self.tls_files = files;
+                self.connector = None;
+            }
+            Err(err) => log::error!("{err}; keeping the TLS files read before"),
+        }
+        if let Some(path) = &self.config.header_file {
+            match read_header_file(path) {
+                Ok(headers) => self.file_headers = headers,
+                Err(err) => log::error!("{err}; keeping the headers read before"),
+            }
+        }
+        self.backoff.reset();
+        self.failures_in_row = 0;
+        match self.replace_phase(now) {
+            Phase::Connected(active) => {
+                let _ = active
+                    .commands
+                    .send(Command::Close(CloseCode::Normal, "reload"));
+                self.phase = Phase::Connected(active);
+                self.teardown(true);
+            }
+            Phase::Connecting { thread, .. } => self.stragglers.push(thread),
+            Phase::Backoff { .. } => {}
+        }
+        self.start_connect(now);
+    }
+
+    fn terminate(&mut self, now: Instant) -> Option<Ending> {
+        if self.stopping {
+            return None;
+        }
+        self.stopping = true;
+        self.notify(&[Notify::Stopping]);
+        match &mut self.phase {
+            Phase::Connected(active) => {
+                log::info!("stopping: closing the connection (1001)");
+                let _ = active
+                    .commands
+                    .send(Command::Close(CloseCode::Away, "shutting down"));
+                active.closing_until = Some(now + CLOSE_GRACE);
+                None
+            }
+            Phase::Connecting { .. } => {
+                let Phase::Connecting { thread, .. } = self.replace_phase(now) else {
+                    unreachable!("matched above")
+                };
+                self.stragglers.push(thread);
+                Some(Ending::Stopped)
+            }
+            Phase::Backoff { .. } => Some(Ending::Stopped),
+        }
+    }
+
+    fn finish(mut self, ending: Ending) -> Ending {
+        self.teardown(false);
+        if !matches!(ending, Ending::Stopped) {
+            self.notify(&[Notify::Stopping]);
+        }
+        if let Ending::GaveUp(reason) | Ending::ProbeFailed(reason) = &ending {
+            self.status.last_error = Some(reason.clone());
+        }
+        self.set_state(State::Stopped, Instant::now());
+        // A connect thread stuck in DNS cannot be interrupted; it reports when done,
+        // and gets a bounded wait before the process leaves it behind.
+        let give_up = Instant::now() + CLOSE_GRACE;
+        while self.stragglers.iter().any(|t| !t.is_finished()) {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.inbox.recv_timeout(left) {
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        self.reap_stragglers();
+        ending
+    }
+
+    fn set_state(&mut self, state: State, now: Instant) {
+        if self.status.state != state {
+            self.status.state = state;
+            self.status.since_unix_ms = unix_ms_now();
+        }
+        self.notify(&[Notify::Status(self.describe())]);
+        self.observer.state(&self.status);
+        self.write_status(now);
+    }
+
+    fn describe(&self) -> String {
+        let url = &self.config.target.url;
+        let reconnects = self.status.reconnects;
+        match self.status.state {
+            State::Connecting => format!("connecting to {url}, {reconnects} reconnects"),
+            State::Connected => match self.status.rtt_ms {
+                Some(rtt) => {
+                    format!("connected to {url}, rtt {rtt:.1} ms, {reconnects} reconnects")
+                }
+                None => format!("connected to {url}, {reconnects} reconnects"),
+            },
+            State::Backoff => format!(
+                "waiting to reconnect to {url}: {}",
+                self.status.last_error.as_deref().unwrap_or("")
+            ),
+            State::Stopped => format!("stopped, {reconnects} reconnects"),
+        }
+    }
+
+    fn write_status(&mut self, now: Instant) {
+        self.status_dirty = false;
+        self.status_written_at = Some(now);
+        if let Some(file) = &self.status_file {
+            if let Err(err) = file.write(&self.status) {
+                log::warn!("--status-file {}: {err}", file.path().display());
+            }
+        }
+    }
+
+    fn notify(&self, states: &[Notify]) {
+        if let Some(notifier) = &self.systemd.notifier {
+            notifier.notify(states);
+        }
+    }
+}
+
+/// Drops server messages (`--once` prints only the round trip).
+struct Silent;
+
+impl Observer for Silent {
+    fn message(&self, _text: &str) {}
+}
+
+fn ws_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        // Small buffers: a device holds one connection, and messages are typically small.
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.max_message_size.saturating_add(64 * 1024))
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size))
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}

@@ -1,1 +1,170 @@
-//! tls
+//! TLS material from `--ca-file`, `--client-cert`/`--client-key` and `--insecure`,
+//! read and checked at start-up (and on SIGHUP), and the native-tls connector
+//! built from it only when a `wss://` URL needs one.
+
+use std::fs;
+use std::path::Path;
+
+use native_tls::{Certificate, Identity, TlsConnector};
+
+use crate::config::Config;
+use crate::error::ConfigError;
+
+/// Largest PEM file accepted; real bundles are a few hundred KiB at most.
+const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// Parsed TLS files. Holding parsed objects (not paths) means a file that breaks
+/// after start-up cannot take down a running service; SIGHUP re-reads them.
+#[derive(Clone, Default)]
+pub struct TlsFiles {
+    roots: Vec<Certificate>,
+    identity: Option<Identity>,
+    insecure: bool,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("roots", &self.roots.len())
+            .field("identity", &self.identity.is_some())
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl TlsFiles {
+    /// Reads and checks every TLS file the configuration names.
+    pub fn load(config: &Config) -> Result<TlsFiles, ConfigError> {
+        let roots = match &config.ca_file {
+            Some(path) => read_roots(path)?,
+            None => Vec::new(),
+        };
+        let identity = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some(read_identity(cert, key)?),
+            _ => None,
+        };
+        Ok(TlsFiles {
+            roots,
+            identity,
+            insecure: config.insecure,
+        })
+    }
+
+    /// A connector trusting the system roots plus `--ca-file`.
+    pub fn connector(&self) -> Result<TlsConnector, String> {
+        let mut builder = TlsConnector::builder();
+        for root in &self.roots {
+            builder.add_root_certificate(root.clone());
+        }
+        if let Some(identity) = &self.identity {
+            builder.identity(identity.clone());
+        }
+        if self.insecure {
+            builder
+                .danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true);
+        }
+        builder.build().map_err(|err| err.to_string())
+    }
+
+    /// `--insecure` was given.
+    pub fn insecure(&self) -> bool {
+        self.insecure
+    }
+}
+
+fn read_pem(path: &Path, flag: &'static str) -> Result<Vec<u8>, ConfigError> {
+    let error = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        flag,
+        message,
+    };
+    let meta = fs::metadata(path).map_err(|err| error(err.to_string()))?;
+    if !meta.is_file() {
+        return Err(error("not a regular file".into()));
+    }
+    if meta.len() > MAX_PEM_BYTES {
+        return Err(error(format!("larger than {MAX_PEM_BYTES} bytes")));
+    }
+    fs::read(path).map_err(|err| error(err.to_string()))
+}
+
+/// Each `BEGIN CERTIFICATE` block of a PEM bundle, since native-tls parses one at a time.
+fn certificate_blocks(pem: &[u8]) -> Vec<&[u8]> {
+    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = find(rest, BEGIN) {
+        let Some(end) = find(&rest[start..], END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        blocks.push(&rest[start..stop]);
+        rest = &rest[stop..];
+    }
+    blocks
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn read_roots(path: &Path) -> Result<Vec<Certificate>, ConfigError> {
+    let pem = read_pem(path, "--ca-file")?;
+    let error = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        flag: "--ca-file",
+        message,
+    };
+    let blocks = certificate_blocks(&pem);
+    if blocks.is_empty() {
+        return Err(error("no PEM certificate found".into()));
+    }
+    blocks
+        .into_iter()
+        .map(|block| {
+            Certificate::from_pem(block).map_err(|err| error(format!("invalid certificate: {err}")))
+        })
+        .collect()
+}
+
+fn read_identity(cert: &Path, key: &Path) -> Result<Identity, ConfigError> {
+    let cert_pem = read_pem(cert, "--client-cert")?;
+    let key_pem = read_pem(key, "--client-key")?;
+    if certificate_blocks(&cert_pem).is_empty() {
+        return Err(ConfigError {
+            path: cert.to_path_buf(),
+            flag: "--client-cert",
+            message: "no PEM certificate found".into(),
+        });
+    }
+    if find(&key_pem, b"-----BEGIN PRIVATE KEY-----").is_none() {
+        return Err(ConfigError {
+            path: key.to_path_buf(),
+            flag: "--client-key",
+            message: "no PKCS#8 private key found (expected BEGIN PRIVATE KEY; convert with `openssl pkcs8 -topk8 -nocrypt`)".into(),
+        });
+    }
+    Identity::from_pkcs8(&cert_pem, &key_pem).map_err(|err| ConfigError {
+        path: key.to_path_buf(),
+        flag: "--client-key",
+        message: format!("does not match --client-cert or is invalid: {err}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_bundles_into_blocks() {
+        let pem = b"junk\n-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+                    -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n\
+                    -----BEGIN CERTIFICATE-----\nunterminated";
+        let blocks = certificate_blocks(pem);
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks[1].windows(3).any(|w| w == b"BBB"));
+        assert!(certificate_blocks(b"").is_empty());
+    }
+}

@@ -1,1 +1,351 @@
-//! transport
+//! Opening a connection: resolve, TCP, TLS, WebSocket upgrade, all under one
+//! deadline (`--connect-timeout`), and classifying why an attempt failed.
+//!
+//! tungstenite's own `connect`/`client_tls*` have no overall timeout and panic when
+//! a stalled TLS handshake meets a socket read timeout (upstream issue #450), so
+//! the TLS handshake is driven here with native-tls and only the upgrade is left
+//! to `client_with_config`. Each blocking step gets the socket timeouts set to the
+//! time left, and an interrupted step is resumed until the deadline passes.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use native_tls::{HandshakeError as TlsHandshakeError, TlsConnector, TlsStream};
+use tungstenite::WebSocket;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::http::{HeaderName, HeaderValue};
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::config::Target;
+use crate::error::{ConnectError, Stage};
+
+/// A plain or TLS TCP stream.
+pub enum Stream {
+    /// `ws://`
+    Plain(TcpStream),
+    /// `wss://`
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// An upgraded connection.
+pub struct Connection {
+    /// The WebSocket, with the socket back in blocking mode and the write timeout set.
+    pub ws: WebSocket<Stream>,
+    /// A second handle on the TCP socket: to wait for readability and to shut it down.
+    pub tcp: TcpStream,
+    /// The subprotocol the server chose, if any.
+    pub subprotocol: Option<String>,
+}
+
+/// What one connection attempt needs.
+pub struct Dial<'a> {
+    /// Where to.
+    pub target: &'a Target,
+    /// Extra handshake headers.
+    pub headers: &'a [(String, String)],
+    /// Subprotocols to offer.
+    pub subprotocols: &'a [String],
+    /// Present for `wss://`.
+    pub tls: Option<&'a TlsConnector>,
+    /// tungstenite buffers and limits.
+    pub ws_config: WebSocketConfig,
+    /// Bound on each later write (heartbeat, data, close).
+    pub write_timeout: Duration,
+}
+
+/// Opens and upgrades a connection before `deadline`.
+pub fn connect(dial: &Dial<'_>, deadline: Instant) -> Result<Connection, ConnectError> {
+    let addrs = resolve(dial.target)?;
+    if Instant::now() >= deadline {
+        return Err(ConnectError::Timeout(Stage::Resolve));
+    }
+    let tcp = connect_tcp(&addrs, deadline)?;
+    let control = tcp.try_clone().map_err(ConnectError::Tcp)?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match dial.tls {
+        Some(connector) => Stream::Tls(Box::new(handshake_tls(
+            connector,
+            &dial.target.host,
+            tcp,
+            &control,
+            deadline,
+        )?)),
+        None => Stream::Plain(tcp),
+    };
+    let (ws, subprotocol) = upgrade(dial, stream, &control, deadline)?;
+    control.set_read_timeout(None).map_err(ConnectError::Tcp)?;
+    control
+        .set_write_timeout(Some(dial.write_timeout.max(Duration::from_millis(1))))
+        .map_err(ConnectError::Tcp)?;
+    Ok(Connection {
+        ws,
+        tcp: control,
+        subprotocol,
+    })
+}
+
+fn resolve(target: &Target) -> Result<Vec<SocketAddr>, ConnectError> {
+    let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(|err| ConnectError::Resolve(format!("{}: {err}", target.host)))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ConnectError::Resolve(format!(
+            "{}: no addresses",
+            target.host
+        )));
+    }
+    Ok(addrs)
+}
+
+/// Time left before `deadline`, or the timeout error for `stage`. Never zero,
+/// because a zero socket timeout is rejected by std.
+fn remaining(deadline: Instant, stage: Stage) -> Result<Duration, ConnectError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(ConnectError::Timeout(stage))
+    } else {
+        Ok(left.max(Duration::from_millis(1)))
+    }
+}
+
+fn connect_tcp(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, ConnectError> {
+    let mut last_error = None;
+    for addr in addrs {
+        let left = remaining(deadline, Stage::Tcp)?;
+        match TcpStream::connect_timeout(addr, left) {
+            Ok(tcp) => return Ok(tcp),
+            Err(err) if err.kind() == io::ErrorKind::TimedOut => {
+                last_error = Some(ConnectError::Timeout(Stage::Tcp))
+            }
+            Err(err) => last_error = Some(ConnectError::Tcp(err)),
+        }
+    }
+    Err(last_error.unwrap_or(ConnectError::Timeout(Stage::Tcp)))
+}
+
+fn set_timeouts(control: &TcpStream, deadline: Instant, stage: Stage) -> Result<(), ConnectError> {
+    let left = remaining(deadline, stage)?;
+    control
+        .set_read_timeout(Some(left))
+        .and_then(|()| control.set_write_timeout(Some(left)))
+        .map_err(ConnectError::Tcp)
+}
+
+fn handshake_tls(
+    connector: &TlsConnector,
+    host: &str,
+    tcp: TcpStream,
+    control: &TcpStream,
+    deadline: Instant,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    set_timeouts(control, deadline, Stage::Tls)?;
+    let mut attempt = connector.connect(host, tcp);
+    loop {
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(TlsHandshakeError::WouldBlock(mid)) => {
+                // A socket timeout fired mid-handshake; resume with whatever time is left.
+                set_timeouts(control, deadline, Stage::Tls)?;
+                attempt = mid.handshake();
+            }
+            Err(TlsHandshakeError::Failure(err)) => return Err(ConnectError::Tls(err.to_string())),
+        }
+    }
+}
+
+fn upgrade(
+    dial: &Dial<'_>,
+    stream: Stream,
+    control: &TcpStream,
+    deadline: Instant,
+) -> Result<(WebSocket<Stream>, Option<String>), ConnectError> {
+    let mut request = dial
+        .target
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|err| ConnectError::Handshake(err.to_string()))?;
+    let headers = request.headers_mut();
+    for (name, value) in dial.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ConnectError::Handshake(format!("invalid header name {name}")))?;
+        // Never echo the value: it is often a secret.
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| ConnectError::Handshake(format!("invalid value for header {name}")))?;
+        headers.append(name, value);
+    }
+    if !dial.subprotocols.is_empty() {
+        let offered = dial.subprotocols.join(", ");
+        let value = HeaderValue::from_str(&offered)
+            .map_err(|_| ConnectError::Handshake(format!("invalid subprotocol {offered}")))?;
+        headers.insert("Sec-WebSocket-Protocol", value);
+    }
+    set_timeouts(control, deadline, Stage::Upgrade)?;
+    let mut attempt =
+        tungstenite::client::client_with_config(request, stream, Some(dial.ws_config));
+    loop {
+        match attempt {
+            Ok((ws, response)) => {
+                let subprotocol = response
+                    .headers()
+                    .get("Sec-WebSocket-Protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                return Ok((ws, subprotocol));
+            }
+            Err(HandshakeError::Interrupted(mid)) => {
+                set_timeouts(control, deadline, Stage::Upgrade)?;
+                attempt = mid.handshake();
+            }
+            Err(HandshakeError::Failure(err)) => return Err(classify(err)),
+        }
+    }
+}
+
+fn classify(err: tungstenite::Error) -> ConnectError {
+    match err {
+        tungstenite::Error::Http(response) => {
+            let status = response.status().as_u16();
+            let retry_after = if status == 429 || status == 503 {
+                response
+                    .headers()
+                    .get("Retry-After")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()))
+            } else {
+                None
+            };
+            ConnectError::Rejected {
+                status,
+                retry_after,
+            }
+        }
+        tungstenite::Error::Io(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            ConnectError::Timeout(Stage::Upgrade)
+        }
+        other => ConnectError::Handshake(other.to_string()),
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (IMF-fixdate), relative to `now`.
+/// A date in the past means "now"; anything unparseable is ignored.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = parse_http_date(value)?;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Seconds since the epoch of an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_http_date(value: &str) -> Option<u64> {
+    let mut parts = value.split_ascii_whitespace();
+    let _weekday = parts.next()?.strip_suffix(',')?;
+    let day: u64 = parts.next()?.parse().ok()?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month_name = parts.next()?;
+    let month = MONTHS.iter().position(|m| *m == month_name)? as u64 + 1;
+    let year: u64 = parts.next()?.parse().ok()?;
+    let mut clock = parts.next()?.split(':').map(|n| n.parse::<u64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    if parts.next()? != "GMT" || parts.next().is_some() || clock.next().is_some() {
+        return None;
+    }
+    if !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days from civil (Howard Hinnant), for years from 1970.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds() {
+        let now = SystemTime::now();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        assert!(parse_retry_after("99999999999999999999999", now).is_some());
+    }
+
+    #[test]
+    fn retry_after_http_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Wed, 29 Feb 2028 12:00:00 GMT"),
+            Some(1_835_438_400)
+        );
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 UTC"), None);
+        assert_eq!(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49 GMT"), None);
+    }
+}
