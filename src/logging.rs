@@ -39,6 +39,20 @@ pub fn init() {
     let _ = builder.try_init();
 }
 
+/// Prints a final one-line message that is not a log record (e.g. `main`'s
+/// `wsbeat: <reason>` before exiting 1, 64 or 78) on stderr. On the journal it
+/// gets the `<3>` (error) prefix like any error record, so `journalctl -p err`
+/// shows why the service stopped; elsewhere it is printed as given. Works
+/// before [`init`] too (usage errors).
+pub fn print_error(message: &str) {
+    let journal_stream = std::env::var("JOURNAL_STREAM").ok();
+    let text = match choose_format(journal_stream.as_deref(), stderr_identity()) {
+        Format::Journal => journal_line(Level::Error, message),
+        Format::Plain => format!("{message}\n"),
+    };
+    let _ = io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// `(device, inode)` of whatever stderr is, or `None` if it cannot be examined
 /// (closed). Uses fstat on a duplicate of fd 2, so no `/proc` is needed.
 pub fn stderr_identity() -> Option<(u64, u64)> {

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             return Exit::Stopped.into();
         }
         Err(err) => {
-            eprintln!("wsbeat: {err}");
+            wsbeat::logging::print_error(&format!("wsbeat: {err}"));
             return Exit::Usage.into();
         }
     };
@@ -31,11 +31,11 @@ fn main() -> ExitCode {
             Exit::Stopped
         }
         Ok(Ending::GaveUp(reason) | Ending::ProbeFailed(reason)) => {
-            eprintln!("wsbeat: {reason}");
+            wsbeat::logging::print_error(&format!("wsbeat: {reason}"));
             Exit::GaveUp
         }
         Err(err) => {
-            eprintln!("wsbeat: {err}");
+            wsbeat::logging::print_error(&format!("wsbeat: {err}"));
             Exit::Config
         }
     };

@@ -1,1 +1,283 @@
-//! reconnect tests
+//! Reconnecting of the real binary: half-open links, server close frames, rejected handshakes
+//! (401, 500, 429/503 + Retry-After), connect timeouts (plain and TLS), a peer that stops
+//! reading, and no file descriptor or thread growth over many reconnects.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use crate::util::proxy::{Mode, Proxy};
+use crate::util::server::{Behavior, Event, Kind, Server};
+use crate::util::tls::Pki;
+use crate::util::{WAIT, Wsbeat, ms, poll_until, scaled};
+
+fn accepted(server: &Server, n: usize) -> Vec<Event> {
+    server.expect_count(WAIT(), n, &format!("{n} TCP accepts"), Event::is_accepted)
+}
+
+#[test]
+fn half_open_link_is_detected_and_replaced() {
+    let server = Server::start(Behavior::default());
+    let proxy = Proxy::start(server.addr());
+    let mut c = Wsbeat::new()
+        .arg(proxy.url())
+        .fast()
+        .connect_timeout_scaled(ms(2000))
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    server.expect(WAIT(), "a ping", |e| e.is_ping());
+    proxy.set_mode(Mode::Blackhole);
+    let t0 = std::time::Instant::now();
+    assert!(proxy.wait_accepted(2, WAIT()), "no new connection");
+    let took = t0.elapsed();
+    assert!(
+        took <= ms(200 + 500 + 200) + scaled(ms(1000)),
+        "half-open detection took {took:?}"
+    );
+    proxy.set_mode(Mode::Pass);
+    server.expect_upgrades(WAIT(), 2);
+    assert!(c.is_running());
+    let _ = c.lines_within(ms(0));
+}
+
+#[test]
+fn server_close_is_answered_then_reconnects() {
+    let server = Server::start_with(|n| {
+        if n == 0 {
+            Behavior::default().close_after(ms(300), 4000, "maintenance")
+        } else {
+            Behavior::default()
+        }
+    });
+    let _c = Wsbeat::new().arg(server.url()).fast().spawn();
+    let reply = server.expect(WAIT(), "the client's Close reply", |e| {
+        e.conn == 0 && matches!(e.kind, Kind::Close { .. })
+    });
+    assert!(
+        matches!(
+            reply.kind,
+            Kind::Close {
+                code: Some(4000) | Some(1000),
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    server.expect_upgrades(WAIT(), 2);
+}
+
+#[test]
+fn unauthorized_waits_between_half_and_full_backoff_max() {
+    let server = Server::start_with(|n| {
+        if n == 0 {
+            Behavior::reject(401, &[])
+        } else {
+            Behavior::default()
+        }
+    });
+    let c = Wsbeat::new()
+        .arg(server.url())
+        .fast_with(&[("--backoff-max", "400ms")])
+        .spawn();
+    server.expect(WAIT(), "401", |e| e.kind == Kind::Rejected { status: 401 });
+    server.expect_upgrades(WAIT(), 1);
+    let a = accepted(&server, 2);
+    let gap = a[1].at - a[0].at;
+    assert!(gap >= ms(190), "401 retried after {gap:?} < backoff-max/2");
+    assert!(
+        gap <= ms(400) + scaled(ms(500)),
+        "401 retried after {gap:?}"
+    );
+    drop(c);
+}
+
+#[test]
+fn server_error_is_retried() {
+    let server = Server::start_with(|n| {
+        if n < 2 {
+            Behavior::reject(500, &[])
+        } else {
+            Behavior::default()
+        }
+    });
+    let c = Wsbeat::new().arg(server.url()).fast().spawn();
+    server.expect_upgrades(WAIT(), 1);
+    assert_eq!(server.count(|e| matches!(e.kind, Kind::Rejected { .. })), 2);
+    drop(c);
+}
+
+#[test]
+fn retry_after_is_honoured_for_503_and_429() {
+    for status in [503, 429] {
+        let server = Server::start_with(move |n| {
+            if n == 0 {
+                Behavior::reject(status, &[("Retry-After", "1")])
+            } else {
+                Behavior::default()
+            }
+        });
+        let c = Wsbeat::new().arg(server.url()).fast().spawn();
+        server.expect_upgrades(scaled(ms(15_000)), 1);
+        let a = accepted(&server, 2);
+        let gap = a[1].at - a[0].at;
+        assert!(
+            gap >= ms(1000),
+            "{status}: retried after {gap:?} < Retry-After"
+        );
+        assert!(
+            gap <= ms(1100) + scaled(ms(1000)),
+            "{status}: retried after {gap:?}"
+        );
+        drop(c);
+    }
+}
+
+#[test]
+fn connect_timeout_against_a_server_that_says_nothing() {
+    let server = Server::start_with(|n| {
+        if n == 0 {
+            Behavior::stall()
+        } else {
+            Behavior::default()
+        }
+    });
+    let c = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .connect_timeout_scaled(ms(500))
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    let a = accepted(&server, 2);
+    let gap = a[1].at - a[0].at;
+    // The client's deadline starts before the server sees TCP, so allow some slack below.
+    assert!(
+        gap >= scaled(ms(300)),
+        "attempt ended long before the timeout: {gap:?}"
+    );
+    assert!(
+        gap <= scaled(ms(500)) + ms(200) + scaled(ms(1000)),
+        "attempt took {gap:?}"
+    );
+    drop(c);
+}
+
+#[test]
+fn connect_timeout_covers_tls_and_upgrade() {
+    let pki = Pki::new();
+    // 0: TCP only (the TLS handshake stalls); 1: TLS done, upgrade never answered; 2: fine.
+    let server = Server::start_tls_with(
+        |n| match n {
+            0 => Behavior::stall(),
+            1 => Behavior::stall_upgrade(),
+            _ => Behavior::default(),
+        },
+        &pki,
+        false,
+    );
+    let mut c = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .connect_timeout_scaled(ms(500))
+        .arg("--ca-file")
+        .arg(&pki.ca_file)
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    let a = accepted(&server, 3);
+    for w in a.windows(2) {
+        let gap = w[1].at - w[0].at;
+        // The client's deadline starts before the server sees TCP (start-up, TLS set-up), so
+        // the server-side gap may be somewhat shorter than the timeout.
+        assert!(
+            gap >= scaled(ms(300)),
+            "attempt ended long before the timeout: {gap:?}"
+        );
+        assert!(
+            gap <= scaled(ms(500)) + ms(200) + scaled(ms(1500)),
+            "attempt took {gap:?}"
+        );
+    }
+    assert!(
+        c.is_running(),
+        "client must not die on a stalled TLS handshake"
+    );
+}
+
+#[test]
+fn peer_that_stops_reading_cannot_freeze_the_client() {
+    let server = Server::start(Behavior::default());
+    let proxy = Proxy::start(server.addr());
+    let mut c = Wsbeat::new()
+        .arg(proxy.url())
+        .fast()
+        .connect_timeout_scaled(ms(2000))
+        .args(["--queue-size", "10"])
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    proxy.set_mode(Mode::StopReadingClient);
+    let mut stdin = c.take_stdin().expect("stdin");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let writer = thread::spawn(move || {
+        let line = format!("{}\n", "x".repeat(16 * 1024));
+        while !stop2.load(Ordering::Relaxed) {
+            if stdin.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    // The heartbeat still detects the dead link although sends block.
+    assert!(
+        proxy.wait_accepted(2, WAIT()),
+        "client froze on a full socket"
+    );
+    stop.store(true, Ordering::Relaxed);
+    proxy.set_mode(Mode::Pass);
+    let up = server.expect_upgrades(WAIT(), 2);
+    server.expect(WAIT(), "a ping on the new connection", |e| {
+        e.conn == up.conn && e.is_ping()
+    });
+    assert!(c.is_running());
+    c.kill();
+    let _ = writer.join();
+}
+
+#[test]
+fn no_fd_or_thread_growth_over_50_reconnects() {
+    let server = Server::start(Behavior::default());
+    let proxy = Proxy::start(server.addr());
+    let c = Wsbeat::new().arg(proxy.url()).fast().spawn();
+    let mut at5 = (0, 0);
+    for i in 1..=50 {
+        let up = server.expect_upgrades(WAIT(), i);
+        // Steady state: the connection answered a heartbeat.
+        server.expect(WAIT(), "pong on this connection", |e| {
+            e.conn == up.conn && e.is_ping()
+        });
+        if i == 5 {
+            at5 = (c.fd_count(), c.thread_count());
+            assert!(at5.0 > 0 && at5.1 > 0, "cannot read /proc/{}", c.pid());
+        }
+        if i == 50 {
+            let ok = poll_until(scaled(ms(2000)), || {
+                (c.fd_count() <= at5.0 + 1 && c.thread_count() <= at5.1).then_some(())
+            });
+            eprintln!(
+                "after 5 reconnects: {} fds, {} threads; after 50: {} fds, {} threads",
+                at5.0,
+                at5.1,
+                c.fd_count(),
+                c.thread_count()
+            );
+            assert!(
+                ok.is_some(),
+                "growth after 50 reconnects: fds {} -> {}, threads {} -> {}",
+                at5.0,
+                c.fd_count(),
+                at5.1,
+                c.thread_count()
+            );
+        }
+        proxy.cut();
+    }
+}

@@ -1,1 +1,133 @@
-//! tls tests
+//! TLS and handshake options of the real binary: `wss://` with `--ca-file`, failure without
+//! it, `--insecure`, mutual TLS, and `--header`/`--header-file`/`--subprotocol` as the server
+//! sees them.
+
+use crate::util::server::{Behavior, Kind, Server};
+use crate::util::tls::Pki;
+use crate::util::{TempDir, WAIT, Wsbeat};
+
+#[test]
+fn wss_with_ca_file() {
+    let pki = Pki::new();
+    let server = Server::start_tls(Behavior::echo(), &pki, false);
+    let mut c = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .arg("--ca-file")
+        .arg(&pki.ca_file)
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    c.write_line("over tls");
+    assert_eq!(c.next_line(WAIT()).as_deref(), Some("over tls"));
+    server.expect(WAIT(), "a ping", |e| e.is_ping());
+}
+
+#[test]
+fn wss_without_trusted_ca_fails_and_retries() {
+    let pki = Pki::new();
+    let server = Server::start_tls(Behavior::echo(), &pki, false);
+    let mut c = Wsbeat::new().arg(server.url()).fast().spawn();
+    server.expect_count(WAIT(), 3, "3 attempts", |e| e.is_accepted());
+    assert_eq!(server.upgrades(), 0, "untrusted certificate accepted");
+    assert!(c.is_running());
+}
+
+#[test]
+fn insecure_skips_verification() {
+    let pki = Pki::new();
+    let server = Server::start_tls(Behavior::echo(), &pki, false);
+    let mut c = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .arg("--insecure")
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    c.write_line("x");
+    assert_eq!(c.next_line(WAIT()).as_deref(), Some("x"));
+}
+
+#[test]
+fn mutual_tls_with_client_certificate() {
+    let pki = Pki::new();
+    let server = Server::start_tls(Behavior::echo(), &pki, true);
+    let _c = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .arg("--ca-file")
+        .arg(&pki.ca_file)
+        .arg("--client-cert")
+        .arg(&pki.client_cert_file)
+        .arg("--client-key")
+        .arg(&pki.client_key_file)
+        .spawn();
+    let up = server.expect_upgrades(WAIT(), 1);
+    assert!(
+        matches!(&up.kind, Kind::Upgraded { client_cert_cn: Some(cn), .. } if cn == "wsbeat-test-client"),
+        "{up:?}"
+    );
+    server.expect(WAIT(), "a ping", |e| e.is_ping());
+}
+
+#[test]
+fn mutual_tls_without_client_certificate_fails() {
+    let pki = Pki::new();
+    let server = Server::start_tls(Behavior::echo(), &pki, true);
+    let mut c = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .arg("--ca-file")
+        .arg(&pki.ca_file)
+        .spawn();
+    server.expect_count(WAIT(), 3, "3 attempts", |e| e.is_accepted());
+    assert_eq!(server.upgrades(), 0);
+    assert!(c.is_running());
+}
+
+#[test]
+fn headers_header_file_and_subprotocols_reach_the_server() {
+    let dir = TempDir::new();
+    let hf = dir.write(
+        "headers",
+        "Authorization: Bearer s3cr3t-token-1\nX-From-File: yes\n",
+    );
+    let server = Server::start(Behavior::default());
+    let mut c = Wsbeat::new()
+        .arg(server.url_path("/ws/device?id=7"))
+        .fast()
+        .args(["--header", "X-One: 1", "--header", "X-Two: two words"])
+        .arg("--header-file")
+        .arg(&hf)
+        .args(["--subprotocol", "chat.v2", "--subprotocol", "chat.v1"])
+        .spawn();
+    let up = server.expect_upgrades(WAIT(), 1);
+    assert_eq!(up.header("x-one"), Some("1"));
+    assert_eq!(up.header("x-two"), Some("two words"));
+    assert_eq!(up.header("authorization"), Some("Bearer s3cr3t-token-1"));
+    assert_eq!(up.header("x-from-file"), Some("yes"));
+    match &up.kind {
+        Kind::Upgraded {
+            path, subprotocols, ..
+        } => {
+            assert_eq!(path, "/ws/device?id=7");
+            assert_eq!(subprotocols, &["chat.v2", "chat.v1"]);
+        }
+        _ => unreachable!(),
+    }
+
+    // The header file is re-read on every reconnect.
+    std::fs::write(&hf, "Authorization: Bearer s3cr3t-token-2\n").unwrap();
+    server.drop_all();
+    let up = server.expect_upgrades(WAIT(), 2);
+    assert_eq!(up.header("authorization"), Some("Bearer s3cr3t-token-2"));
+    assert_eq!(up.header("x-from-file"), None);
+    assert_eq!(up.header("x-one"), Some("1"));
+
+    // Header values never reach the logs (RUST_LOG=debug here).
+    c.kill();
+    let out = c.output();
+    assert!(
+        !out.stderr.contains("s3cr3t"),
+        "secret logged\n{}",
+        out.dump()
+    );
+}

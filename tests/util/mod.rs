@@ -1,1 +1,624 @@
-//! Test helpers.
+//! Test helpers shared by every integration test: temp dirs, a runner for the real `wsbeat`
+//! binary, time bounds, plus the in-process WebSocket [`server`], the fault-injecting TCP
+//! [`proxy`] and the test PKI in [`tls`].
+//!
+//! Everything here waits with a bound: a helper that would block returns `None`/`false` or
+//! panics with a description after its timeout, never hangs.
+//!
+//! API summary (kept stable; `tests/systemd.rs` uses it too):
+//! - [`TempDir::new`], [`TempDir::path`], [`TempDir::write`]: a directory removed on drop.
+//! - [`Wsbeat::new`] (builder: [`Wsbeat::arg`], [`Wsbeat::args`], [`Wsbeat::env`],
+//!   [`Wsbeat::stdin_null`]) then [`Wsbeat::run`] (wait for exit, bounded) or [`Wsbeat::spawn`]
+//!   → [`Running`] (stdout lines over a channel, stdin writer, `/proc` counts, signals, kill on
+//!   drop; command, stdout and stderr are printed if the test panics).
+//! - [`scaled`] / [`WAIT`]: time bounds stretched by `WSBEAT_TEST_TIME_SCALE` (emulation).
+//! - [`free_port`]: a port nobody listens on (connection refused).
+#![allow(dead_code)] // Each test file uses a different part of the helpers.
+
+pub mod proxy;
+pub mod server;
+pub mod tls;
+
+#[cfg(test)]
+mod selftest;
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Factor applied to every time bound: `WSBEAT_TEST_TIME_SCALE` if set, else 5 when
+/// `WSBEAT_TEST_RUNNER` is set (emulation is ~5-10x slower), else 1.
+pub fn time_scale() -> f64 {
+    if let Some(s) = std::env::var("WSBEAT_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s >= 1.0)
+    {
+        return s;
+    }
+    if runner_prefix().is_empty() { 1.0 } else { 5.0 }
+}
+
+/// `d` stretched by [`time_scale`]. Use for every upper bound a test asserts or waits for.
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(time_scale())
+}
+
+/// The default bound for "this should happen soon": 10 s, scaled.
+#[allow(non_snake_case)]
+pub fn WAIT() -> Duration {
+    scaled(Duration::from_secs(10))
+}
+
+/// Milliseconds as a `Duration` (short to write in tests).
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A TCP port on 127.0.0.1 where nothing listens (bound, then released), so connects are refused.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// A temporary directory, removed with its contents on drop (walkdir's test `TempDir` idea).
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh, empty, uniquely named directory under the system temp dir.
+    pub fn new() -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "wsbeat-test-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            nanos
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `self.path().join(name)`.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes `contents` to `name` inside the directory and returns the full path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.join(name);
+        std::fs::write(&p, contents).expect("write temp file");
+        p
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The runner prefix from `WSBEAT_TEST_RUNNER` (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`),
+/// split on whitespace; empty when unset. Cross's `CROSS_RUNNER`-style hook.
+pub fn runner_prefix() -> Vec<String> {
+    std::env::var("WSBEAT_TEST_RUNNER")
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// Environment variables removed from the child so the test controls them: every `WSBEAT_*`
+/// (the suite's own `WSBEAT_TEST_*` included), the systemd ones and `RUST_LOG`.
+fn scrubbed(name: &str) -> bool {
+    name.starts_with("WSBEAT_")
+        || matches!(
+            name,
+            "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID" | "JOURNAL_STREAM" | "RUST_LOG"
+        )
+}
+
+/// Builder for one run of the real `wsbeat` binary (`env!("CARGO_BIN_EXE_wsbeat")`, behind
+/// the [`runner_prefix`] if any). The child starts with a scrubbed environment (see above)
+/// plus what [`Wsbeat::env`] adds; `RUST_LOG` defaults to `debug` so failures show detail.
+#[derive(Debug, Clone)]
+pub struct Wsbeat {
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    stdin_null: bool,
+    stdout_null: bool,
+}
+
+impl Default for Wsbeat {
+    fn default() -> Self {
+        Wsbeat::new()
+    }
+}
+
+impl Wsbeat {
+    /// No arguments yet.
+    pub fn new() -> Wsbeat {
+        Wsbeat {
+            args: Vec::new(),
+            envs: vec![("RUST_LOG".into(), "debug".into())],
+            stdin_null: false,
+            stdout_null: false,
+        }
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, a: impl Into<OsString>) -> Wsbeat {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Wsbeat
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Appends the short timing flags most end-to-end tests want:
+    /// `--ping-interval 200ms --pong-timeout 500ms --backoff-initial 50ms --backoff-max 200ms`.
+    /// Tests that need another value of one of these give only the others (a flag is never
+    /// given twice, since SPEC does not say which occurrence wins).
+    pub fn fast(self) -> Wsbeat {
+        self.fast_with(&[])
+    }
+
+    /// [`Wsbeat::fast`] with some of its values replaced, e.g.
+    /// `fast_with(&[("--pong-timeout", "2s")])`; other flags in `overrides` are appended.
+    pub fn fast_with(self, overrides: &[(&str, &str)]) -> Wsbeat {
+        let mut flags: Vec<(&str, &str)> = vec![
+            ("--ping-interval", "200ms"),
+            ("--pong-timeout", "500ms"),
+            ("--backoff-initial", "50ms"),
+            ("--backoff-max", "200ms"),
+        ];
+        for (k, v) in overrides {
+            match flags.iter_mut().find(|(f, _)| f == k) {
+                Some(slot) => slot.1 = v,
+                None => flags.push((k, v)),
+            }
+        }
+        flags.into_iter().fold(self, |w, (k, v)| w.arg(k).arg(v))
+    }
+
+    /// `--connect-timeout` of `d` scaled by [`time_scale`] (a bound that must not fire on a
+    /// healthy but slow, emulated machine).
+    pub fn connect_timeout_scaled(self, d: Duration) -> Wsbeat {
+        self.arg("--connect-timeout")
+            .arg(format!("{}ms", scaled(d).as_millis()))
+    }
+
+    /// Sets an environment variable for the child (after scrubbing).
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Wsbeat {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Gives the child `/dev/null` as stdin (as systemd does) instead of a pipe.
+    pub fn stdin_null(mut self) -> Wsbeat {
+        self.stdin_null = true;
+        self
+    }
+
+    /// Sends the child's stdout to `/dev/null` (for floods; no lines are collected).
+    pub fn stdout_null(mut self) -> Wsbeat {
+        self.stdout_null = true;
+        self
+    }
+
+    fn command(&self) -> Command {
+        let prefix = runner_prefix();
+        let bin = env!("CARGO_BIN_EXE_wsbeat");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(&self.args);
+        for (k, _) in std::env::vars_os() {
+            if scrubbed(&k.to_string_lossy()) {
+                cmd.env_remove(&k);
+            }
+        }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// A shell-like rendering of the command, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for (k, v) in &self.envs {
+            s.push_str(&format!("{}={:?} ", k.to_string_lossy(), v));
+        }
+        let mut parts = runner_prefix();
+        parts.push("wsbeat".into());
+        s.push_str(&parts.join(" "));
+        for a in &self.args {
+            s.push_str(&format!(" {:?}", a));
+        }
+        s
+    }
+
+    /// Starts the child with piped stdin/stdout/stderr.
+    pub fn spawn(&self) -> Running {
+        let mut cmd = self.command();
+        cmd.stdin(if self.stdin_null {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(if self.stdout_null {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.describe()));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take().expect("piped stderr");
+
+        let (line_tx, lines) = mpsc::channel();
+        let stdout_log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&stdout_log);
+        let stdout_thread = thread::spawn(move || {
+            let Some(stdout) = stdout else { return };
+            let mut r = BufReader::new(stdout);
+            loop {
+                let mut buf = Vec::new();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let complete = buf.last() == Some(&b'\n');
+                        if complete {
+                            buf.pop();
+                        }
+                        let line = String::from_utf8_lossy(&buf).into_owned();
+                        log.lock().expect("stdout log").push(line.clone());
+                        let _ = line_tx.send(line);
+                        if !complete {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let stderr_log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&stderr_log);
+        let stderr_thread = thread::spawn(move || {
+            let mut r = stderr;
+            let mut buf = [0u8; 4096];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => log.lock().expect("stderr log").extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        Running {
+            desc: self.describe(),
+            child,
+            started: Instant::now(),
+            stdin,
+            lines,
+            pending: VecDeque::new(),
+            stdout_log,
+            stderr_log,
+            readers: vec![stdout_thread, stderr_thread],
+            status: None,
+        }
+    }
+
+    /// Runs the child with stdin closed at once (EOF) and waits for it to exit within `timeout`
+    /// (panics with the output if it does not; the child is killed).
+    pub fn run(&self, timeout: Duration) -> Output {
+        let mut r = self.spawn();
+        r.close_stdin();
+        let status = r.wait_exit(timeout);
+        let out = r.output();
+        match status {
+            Some(_) => out,
+            None => panic!(
+                "{} did not exit within {timeout:?}\n--- stdout\n{}\n--- stderr\n{}",
+                out.command, out.stdout, out.stderr
+            ),
+        }
+    }
+}
+
+/// What a finished (or running) child printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The command, for messages.
+    pub command: String,
+    /// Exit code; `None` if still running or killed by a signal.
+    pub code: Option<i32>,
+    /// Everything written to stdout so far.
+    pub stdout: String,
+    /// Everything written to stderr so far.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Non-empty stderr lines.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+
+    /// A dump for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "command: {}\nexit code: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.command, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A running `wsbeat` child. Killed on drop; if the test is panicking, the command, stdout and
+/// stderr are printed first.
+pub struct Running {
+    desc: String,
+    child: Child,
+    started: Instant,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pending: VecDeque<String>,
+    stdout_log: Arc<Mutex<Vec<String>>>,
+    stderr_log: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Running {
+    /// Process id of the child (the emulator's when a runner prefix is used).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// When the child was spawned.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Writes `line` plus `\n` to the child's stdin and flushes. Panics if stdin is closed.
+    pub fn write_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| stdin.flush())
+            .expect("write to child's stdin");
+    }
+
+    /// Closes the child's stdin (EOF).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Takes the stdin pipe, e.g. to write from another thread.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// The next stdout line (without `\n`) within `timeout`, or `None`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        if let Some(l) = self.pending.pop_front() {
+            return Some(l);
+        }
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Skips stdout lines until one satisfies `pred`; `None` after `timeout`.
+    pub fn wait_line(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = self.next_line(left)?;
+            if pred(&l) {
+                return Some(l);
+            }
+        }
+    }
+
+    /// Like [`Running::wait_line`] but panics with `what` and the output on timeout.
+    pub fn expect_line(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl FnMut(&str) -> bool,
+    ) -> String {
+        match self.wait_line(timeout, pred) {
+            Some(l) => l,
+            None => panic!(
+                "no stdout line {what} within {timeout:?}\n{}",
+                self.output().dump()
+            ),
+        }
+    }
+
+    /// Stdout lines that arrive within `window` (no waiting beyond it).
+    pub fn lines_within(&mut self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut v = Vec::new();
+        while let Some(l) = self.next_line(deadline.saturating_duration_since(Instant::now())) {
+            v.push(l);
+        }
+        v
+    }
+
+    /// Waits up to `timeout` for the child to exit; its exit code (`Some(-signal)` if killed
+    /// by a signal), or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(code_of(s));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            // Exit is not observable through a channel with std alone: poll `try_wait`
+            // at a short period, bounded by the deadline.
+            thread::sleep((deadline - now).min(ms(10)));
+        }
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the child.
+    pub fn signal(&self, sig: i32) {
+        let r = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(r.success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Number of open file descriptors of the child (`/proc/<pid>/fd`).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Number of threads of the child (`/proc/<pid>/task`).
+    pub fn thread_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Everything printed so far (stdout lines joined with `\n`) and the exit code if exited.
+    pub fn output(&mut self) -> Output {
+        let status = self.try_status();
+        if status.is_some() {
+            // The pipes close when the process exits; give the reader threads a moment.
+            let deadline = Instant::now() + ms(500);
+            while self.readers.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+                thread::sleep(ms(5));
+            }
+        }
+        Output {
+            command: self.desc.clone(),
+            code: status.map(code_of),
+            stdout: self.stdout_log.lock().expect("stdout log").join("\n"),
+            stderr: String::from_utf8_lossy(&self.stderr_log.lock().expect("stderr log"))
+                .into_owned(),
+        }
+    }
+
+    /// Kills the child (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            if let Ok(s) = self.child.wait() {
+                self.status = Some(s);
+            }
+        }
+    }
+}
+
+fn code_of(s: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().or_else(|| s.signal().map(|n| -n)).unwrap_or(-1)
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stdin = None;
+        self.kill();
+        if thread::panicking() {
+            let out = self.output();
+            eprintln!(
+                "=== wsbeat child (ran {:?}) ===\n{}\n=== end of child ===",
+                self.started.elapsed(),
+                out.dump()
+            );
+        }
+    }
+}
+
+/// Waits until `f` returns `Some`, polling every 10 ms, at most `timeout`. For state that has
+/// no event to wait on (e.g. `/proc` counts); everything with an event uses channels instead.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(ms(10));
+    }
+}
+
+/// Receives from `rx` until `pred` matches or `timeout` passes.
+pub fn recv_until<T>(
+    rx: &Receiver<T>,
+    timeout: Duration,
+    mut pred: impl FnMut(&T) -> bool,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if pred(&v) => return Some(v),
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}

@@ -1,0 +1,91 @@
+#!/bin/sh
+# Checks systemd/wsbeat.service: `systemd-analyze verify` must pass and
+# `systemd-analyze security --offline=yes` must report an overall exposure of
+# at most 1.2 (MAX_EXPOSURE, in tenths: 12). Prints the score.
+#
+# Needs systemd-analyze (Debian: apt-get install -y systemd); works without
+# systemd running as PID 1. verify insists that ExecStart= exists, so a copy
+# of the unit pointing at a built wsbeat is checked: $WSBEAT_BIN, else
+# target/{release,debug}/wsbeat (honouring CARGO_TARGET_DIR), else it runs
+# `cargo build --bin wsbeat` first.
+set -eu
+
+MAX_EXPOSURE=${MAX_EXPOSURE:-12}
+root=$(cd "$(dirname "$0")/.." && pwd)
+unit="$root/systemd/wsbeat.service"
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    echo "check-unit: systemd-analyze not found (apt-get install -y systemd)" >&2
+    exit 2
+fi
+
+find_bin() {
+    if [ -n "${WSBEAT_BIN:-}" ]; then
+        echo "$WSBEAT_BIN"
+        return
+    fi
+    target=${CARGO_TARGET_DIR:-$root/target}
+    for profile in release debug; do
+        if [ -x "$target/$profile/wsbeat" ]; then
+            echo "$target/$profile/wsbeat"
+            return
+        fi
+    done
+    (cd "$root" && cargo build --quiet --bin wsbeat) >&2
+    echo "$target/debug/wsbeat"
+}
+
+bin=$(find_bin)
+case $bin in
+    /*) ;;
+    *) bin="$(pwd)/$bin" ;;
+esac
+if [ ! -x "$bin" ]; then
+    echo "check-unit: no executable wsbeat at $bin" >&2
+    exit 2
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT INT TERM
+# Same file name, so systemd sees the same unit; only the binary path differs.
+sed "s|^ExecStart=/usr/bin/wsbeat|ExecStart=$bin|" "$unit" >"$tmp/wsbeat.service"
+if ! grep -q "^ExecStart=$bin" "$tmp/wsbeat.service"; then
+    echo "check-unit: ExecStart=/usr/bin/wsbeat not found in $unit" >&2
+    exit 1
+fi
+# /bin/kill (ExecReload=) comes from procps, which minimal images lack;
+# every full Debian install has it (priority: important).
+if [ ! -x /bin/kill ]; then
+    echo "check-unit: note: /bin/kill missing (install procps); verifying ExecReload= with /bin/true"
+    sed -i "s|^ExecReload=/bin/kill |ExecReload=/bin/true |" "$tmp/wsbeat.service"
+fi
+
+echo "check-unit: systemd-analyze verify (ExecStart=$bin)"
+# verify reports problems on stderr but may still exit 0 for some of them.
+if ! systemd-analyze verify "$tmp/wsbeat.service" >"$tmp/verify.log" 2>&1; then
+    cat "$tmp/verify.log" >&2
+    echo "check-unit: FAIL: systemd-analyze verify" >&2
+    exit 1
+fi
+if grep -q "wsbeat.service" "$tmp/verify.log"; then
+    cat "$tmp/verify.log" >&2
+    echo "check-unit: FAIL: systemd-analyze verify complained about wsbeat.service" >&2
+    exit 1
+fi
+cat "$tmp/verify.log"
+
+systemd-analyze security --offline=yes "$tmp/wsbeat.service" >"$tmp/security.log" 2>&1 || true
+score_line=$(grep "Overall exposure level" "$tmp/security.log" || true)
+if [ -z "$score_line" ]; then
+    cat "$tmp/security.log" >&2
+    echo "check-unit: FAIL: no exposure score from systemd-analyze security" >&2
+    exit 1
+fi
+grep "✗" "$tmp/security.log" || true
+echo "check-unit: $score_line"
+if ! systemd-analyze security --offline=yes --threshold="$MAX_EXPOSURE" \
+    "$tmp/wsbeat.service" >/dev/null 2>&1; then
+    echo "check-unit: FAIL: exposure above $MAX_EXPOSURE/10" >&2
+    exit 1
+fi
+echo "check-unit: OK (exposure at most $MAX_EXPOSURE/10)"

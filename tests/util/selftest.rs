@@ -1,0 +1,341 @@
+//! Self-tests of the helpers with a plain tungstenite client, so the server, proxy and PKI are
+//! known good independently of `wsbeat`.
+
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{SslConnector, SslMethod, SslStream};
+use openssl::x509::X509;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+use super::proxy::{Mode, Proxy};
+use super::server::{Behavior, Kind, Pongs, Server};
+use super::tls::Pki;
+use super::{TempDir, WAIT, ms};
+
+type Ws = WebSocket<TcpStream>;
+
+fn connect(url: &str) -> Ws {
+    try_connect(url, &[]).expect("handshake")
+}
+
+fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<Ws, tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    let rest = url.trim_start_matches("ws://");
+    let addr = rest.split('/').next().expect("host:port").to_string();
+    let tcp = TcpStream::connect(&addr).expect("tcp connect");
+    tcp.set_read_timeout(Some(WAIT())).unwrap();
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    tungstenite::client(req, tcp)
+        .map(|(ws, _)| ws)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => panic!("interrupted"),
+        })
+}
+
+/// Reads the next data or close message, skipping Pings/Pongs; `None` on read timeout.
+fn read_msg(ws: &mut Ws, timeout: Duration) -> Option<Message> {
+    ws.get_mut().set_read_timeout(Some(timeout)).unwrap();
+    loop {
+        match ws.read() {
+            Ok(Message::Ping(_)) => continue,
+            Ok(m) => return Some(m),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return None;
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+#[test]
+fn echo_headers_subprotocols_and_close_are_recorded() {
+    let server = Server::start(Behavior::echo());
+    let mut ws = try_connect(
+        &server.url_path("/ws?x=1"),
+        &[
+            ("Authorization", "Bearer t0k3n"),
+            ("Sec-WebSocket-Protocol", "chat.v2, chat.v1"),
+        ],
+    )
+    .expect("handshake");
+    let up = server.expect(WAIT(), "upgrade", |e| e.is_upgraded());
+    assert_eq!(up.conn, 0);
+    assert_eq!(up.header("authorization"), Some("Bearer t0k3n"));
+    match &up.kind {
+        Kind::Upgraded {
+            path, subprotocols, ..
+        } => {
+            assert_eq!(path, "/ws?x=1");
+            assert_eq!(subprotocols, &["chat.v2", "chat.v1"]);
+        }
+        k => panic!("{k:?}"),
+    }
+    ws.send(Message::text("hello")).unwrap();
+    assert_eq!(read_msg(&mut ws, WAIT()), Some(Message::text("hello")));
+    ws.send(Message::Ping(b"p1".to_vec().into())).unwrap();
+    ws.get_mut().set_read_timeout(Some(WAIT())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Pong(b"p1".to_vec().into()));
+    server.expect(WAIT(), "ping p1", |e| e.kind == Kind::Ping(b"p1".to_vec()));
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .unwrap();
+    let c = server.expect(WAIT(), "close", |e| matches!(e.kind, Kind::Close { .. }));
+    assert_eq!(
+        c.kind,
+        Kind::Close {
+            code: Some(1000),
+            reason: "done".into()
+        }
+    );
+    // The server answers the Close and drops TCP.
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("expected a clean close, got {e}"),
+        }
+    }
+    server.expect(WAIT(), "disconnect", |e| e.kind == Kind::Disconnected);
+    assert_eq!(server.texts(0), ["hello"]);
+}
+
+#[test]
+fn pongs_never_and_wrong_payload() {
+    let server = Server::start_with(|n| {
+        Behavior::default().pongs(if n == 0 {
+            Pongs::Never
+        } else {
+            Pongs::WrongPayload
+        })
+    });
+    let mut ws = connect(&server.url());
+    ws.send(Message::Ping(b"a".to_vec().into())).unwrap();
+    server.expect(WAIT(), "ping", |e| e.is_ping());
+    assert_eq!(read_msg(&mut ws, ms(300)), None, "no pong expected");
+
+    let mut ws = connect(&server.url());
+    ws.send(Message::Ping(b"b".to_vec().into())).unwrap();
+    ws.get_mut().set_read_timeout(Some(WAIT())).unwrap();
+    match ws.read().unwrap() {
+        Message::Pong(p) => assert_ne!(&p[..], b"b"),
+        m => panic!("{m:?}"),
+    }
+}
+
+#[test]
+fn silent_server_does_not_answer() {
+    let server = Server::start(Behavior::silent());
+    let mut ws = connect(&server.url());
+    ws.send(Message::Ping(b"a".to_vec().into())).unwrap();
+    assert_eq!(read_msg(&mut ws, ms(300)), None);
+    assert_eq!(server.count(|e| e.is_ping()), 0);
+}
+
+#[test]
+fn server_pings_sends_and_close_with_code() {
+    let server = Server::start(
+        Behavior::default()
+            .send("first")
+            .send_every(ms(30), "tick")
+            .ping_every(ms(30))
+            .close_after(ms(300), 4000, "go away"),
+    );
+    let mut ws = connect(&server.url());
+    assert_eq!(read_msg(&mut ws, WAIT()), Some(Message::text("first")));
+    assert_eq!(read_msg(&mut ws, WAIT()), Some(Message::text("tick")));
+    // tungstenite answers the server's pings while we keep reading.
+    let close = loop {
+        match read_msg(&mut ws, WAIT()) {
+            Some(Message::Close(c)) => break c,
+            Some(_) => continue,
+            None => panic!("no close"),
+        }
+    };
+    let close = close.expect("close frame");
+    assert_eq!(u16::from(close.code), 4000);
+    assert_eq!(close.reason.as_str(), "go away");
+    let _ = ws.flush(); // send the automatic Close reply
+    let pongs = server.expect_count(WAIT(), 1, "pong", |e| matches!(e.kind, Kind::Pong { .. }));
+    match &pongs[0].kind {
+        Kind::Pong { latency, .. } => assert!(latency.is_some()),
+        _ => unreachable!(),
+    }
+    let c = server.expect(WAIT(), "close reply", |e| {
+        matches!(e.kind, Kind::Close { .. })
+    });
+    assert!(
+        matches!(
+            c.kind,
+            Kind::Close {
+                code: Some(4000),
+                ..
+            }
+        ),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn reject_with_status_and_headers() {
+    let server = Server::start(Behavior::reject(503, &[("Retry-After", "7")]));
+    match try_connect(&server.url(), &[]) {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            assert_eq!(resp.headers()["retry-after"], "7");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("handshake should fail"),
+    }
+    server.expect(WAIT(), "rejected", |e| {
+        e.kind == Kind::Rejected { status: 503 }
+    });
+}
+
+#[test]
+fn stall_accepts_tcp_and_says_nothing() {
+    let server = Server::start(Behavior::stall());
+    let tcp = TcpStream::connect(server.addr()).unwrap();
+    tcp.set_read_timeout(Some(ms(300))).unwrap();
+    let r = tungstenite::client(server.url(), tcp);
+    assert!(r.is_err(), "handshake must not complete");
+    assert_eq!(server.accepted(), 1);
+}
+
+fn tls_connect(
+    server: &Server,
+    pki: &Pki,
+    client_cert: bool,
+) -> Result<WebSocket<SslStream<TcpStream>>, String> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    let ca = X509::from_pem(&std::fs::read(&pki.ca_file).unwrap()).unwrap();
+    b.cert_store_mut().add_cert(ca).unwrap();
+    if client_cert {
+        b.set_certificate_file(&pki.client_cert_file, openssl::ssl::SslFiletype::PEM)
+            .unwrap();
+        b.set_private_key_file(&pki.client_key_file, openssl::ssl::SslFiletype::PEM)
+            .unwrap();
+    }
+    let tcp = TcpStream::connect(server.addr()).unwrap();
+    tcp.set_read_timeout(Some(WAIT())).unwrap();
+    let tls = b
+        .build()
+        .connect("127.0.0.1", tcp)
+        .map_err(|e| e.to_string())?;
+    let (mut ws, _) = tungstenite::client(server.url(), tls).map_err(|e| e.to_string())?;
+    // With TLS 1.3 a rejected client certificate shows up at the first read.
+    ws.send(Message::text("x")).map_err(|e| e.to_string())?;
+    match ws.read() {
+        Ok(Message::Text(t)) if t.as_str() == "x" => Ok(ws),
+        r => Err(format!("{r:?}")),
+    }
+}
+
+#[test]
+fn tls_and_mutual_tls() {
+    let pki = Pki::new();
+    let server = Server::start_tls(Behavior::echo(), &pki, false);
+    assert!(server.url().starts_with("wss://127.0.0.1:"));
+    tls_connect(&server, &pki, false).expect("tls echo");
+    let up = server.expect(WAIT(), "upgrade", |e| e.is_upgraded());
+    assert!(matches!(
+        up.kind,
+        Kind::Upgraded {
+            client_cert_cn: None,
+            ..
+        }
+    ));
+
+    let mtls = Server::start_tls(Behavior::echo(), &pki, true);
+    assert!(
+        tls_connect(&mtls, &pki, false).is_err(),
+        "client cert required"
+    );
+    tls_connect(&mtls, &pki, true).expect("mtls echo");
+    let up = mtls.expect(WAIT(), "upgrade", |e| e.is_upgraded());
+    match up.kind {
+        Kind::Upgraded { client_cert_cn, .. } => {
+            assert_eq!(client_cert_cn.as_deref(), Some("wsbeat-test-client"))
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn proxy_modes() {
+    let server = Server::start(Behavior::echo());
+    let proxy = Proxy::start(server.addr());
+    let mut ws = connect(&proxy.url());
+    assert!(proxy.wait_accepted(1, WAIT()));
+    ws.send(Message::text("a")).unwrap();
+    assert_eq!(read_msg(&mut ws, WAIT()), Some(Message::text("a")));
+
+    proxy.set_mode(Mode::Blackhole);
+    ws.send(Message::text("lost")).unwrap();
+    assert_eq!(read_msg(&mut ws, ms(300)), None, "blackholed");
+    proxy.set_mode(Mode::Pass);
+    ws.send(Message::text("b")).unwrap();
+    assert_eq!(read_msg(&mut ws, WAIT()), Some(Message::text("b")));
+    assert_eq!(server.texts(0), ["a", "b"]);
+
+    proxy.cut();
+    ws.get_mut().set_read_timeout(Some(WAIT())).unwrap();
+    assert!(ws.read().is_err(), "cut connection must end");
+
+    proxy.set_mode(Mode::Refuse);
+    let tcp = TcpStream::connect(proxy.addr()).unwrap();
+    tcp.set_read_timeout(Some(WAIT())).unwrap();
+    assert!(tungstenite::client(proxy.url(), tcp).is_err());
+    assert_eq!(proxy.accepted(), 2);
+    assert_eq!(proxy.accept_times().len(), 2);
+}
+
+#[test]
+fn proxy_stop_reading_client_blocks_writes() {
+    let server = Server::start(Behavior::default());
+    let proxy = Proxy::start(server.addr());
+    let mut ws = connect(&proxy.url());
+    proxy.set_mode(Mode::StopReadingClient);
+    ws.get_mut().set_write_timeout(Some(ms(200))).unwrap();
+    let big = "x".repeat(64 * 1024);
+    let deadline = Instant::now() + WAIT();
+    let blocked = loop {
+        match ws.send(Message::text(big.clone())) {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                break true;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    assert!(blocked, "writes should block when the proxy stops reading");
+}
+
+#[test]
+fn temp_dir_is_removed_on_drop() {
+    let d = TempDir::new();
+    let p = d.write("f.txt", "x");
+    assert!(p.exists());
+    let dir = d.path().to_path_buf();
+    drop(d);
+    assert!(!dir.exists());
+}
