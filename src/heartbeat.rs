@@ -6,8 +6,8 @@
 //! and dropping the command sender ends the thread at once.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::CloseFrame;
@@ -218,16 +218,32 @@ pub struct Schedule {
     pub immediate: bool,
 }
 
-/// Body of the heartbeat thread. Returns the text messages it was handed but did
-/// not write, so the supervisor can queue them for the next connection.
+/// Liveness shared by a connection's reader (which records answers) and its
+/// heartbeat thread (which records pings and judges death).
+pub type SharedLiveness = Arc<Mutex<Liveness>>;
+
+/// Locks the liveness state. A poisoned lock is taken over: its data is plain
+/// bookkeeping that stays consistent between method calls.
+pub fn lock(liveness: &SharedLiveness) -> MutexGuard<'_, Liveness> {
+    liveness.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Body of the heartbeat thread. It judges liveness itself, so an idle, healthy
+/// connection costs one wake-up per ping here and one in the reader, and none in
+/// the supervisor. Returns the text messages it was handed but did not write,
+/// so the supervisor can queue them for the next connection.
 pub fn run(
     conn: ConnId,
     socket: Arc<SharedSocket>,
     schedule: Schedule,
-    base: Instant,
+    liveness: SharedLiveness,
     commands: Receiver<Command>,
     events: Sender<Event>,
 ) -> Vec<String> {
+    let (base, pong_timeout) = {
+        let live = lock(&liveness);
+        (live.base, live.pong_timeout)
+    };
     let start = Instant::now();
     let mut next_ping = match (schedule.immediate, schedule.interval.is_zero()) {
         (true, _) => Some(start),
@@ -235,82 +251,94 @@ pub fn run(
         (false, false) => Some(start + schedule.interval),
     };
     let mut seq: u64 = 0;
-    loop {
-        let command = match next_ping {
-            Some(due) => commands.recv_timeout(due.saturating_duration_since(Instant::now())),
+    let failed = loop {
+        let now = Instant::now();
+        let deadline = {
+            let live = lock(&liveness);
+            if live.is_dead(now) {
+                break format!(
+                    "no heartbeat answer within --pong-timeout ({} ms)",
+                    pong_timeout.as_millis()
+                );
+            }
+            live.deadline()
+        };
+        if let Some(due) = next_ping.filter(|&due| now >= due) {
+            seq += 1;
+            // Recorded before the write, so the answer can never be seen first.
+            lock(&liveness).on_ping_sent(seq, now);
+            let message = match schedule.mode {
+                HeartbeatMode::Control => {
+                    let micros = now.saturating_duration_since(base).as_micros() as u64;
+                    Message::Ping(Bytes::copy_from_slice(&encode_ping(seq, micros)))
+                }
+                HeartbeatMode::Text => Message::text(schedule.ping_text.clone()),
+            };
+            if let Err(err) = socket.write(|ws| ws.send(message)) {
+                break describe_write_error(err);
+            }
+            // Keep the cadence, but never catch up on missed beats in a burst.
+            let next = due + schedule.interval;
+            next_ping = Some(if next > Instant::now() {
+                next
+            } else {
+                Instant::now() + schedule.interval
+            })
+            .filter(|_| !schedule.interval.is_zero());
+            continue;
+        }
+        let wake = [next_ping, deadline].into_iter().flatten().min();
+        let command = match wake {
+            Some(wake) => commands.recv_timeout(wake.saturating_duration_since(now)),
             None => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let result = match command {
+        match command {
             Ok(Command::Send(text)) => {
-                let result = socket.write(|ws| ws.send(Message::text(text.clone())));
-                if result.is_err() {
-                    let mut unsent: Vec<String> = vec![text];
-                    unsent.extend(commands.try_iter().filter_map(|c| match c {
-                        Command::Send(text) => Some(text),
-                        Command::Close(..) => None,
-                    }));
-                    let _ = events.send(Event::Dead {
-                        conn,
-                        reason: describe_write_error(result),
-                    });
+                if let Err(err) = socket.write(|ws| ws.send(Message::text(text.clone()))) {
+                    let mut unsent = vec![text];
+                    unsent.extend(unsent_texts(&commands));
+                    report_dead(&events, conn, describe_write_error(err));
                     return unsent;
                 }
                 let _ = events.send(Event::Written { conn });
-                continue;
             }
-            Ok(Command::Close(code, reason)) => socket.write(|ws| {
-                ws.close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }))?;
-                ws.flush()
-            }),
-            Err(RecvTimeoutError::Timeout) => {
-                seq += 1;
-                let sent_at = Instant::now();
-                let message = match schedule.mode {
-                    HeartbeatMode::Control => {
-                        let micros = sent_at.saturating_duration_since(base).as_micros() as u64;
-                        Message::Ping(Bytes::copy_from_slice(&encode_ping(seq, micros)))
-                    }
-                    HeartbeatMode::Text => Message::text(schedule.ping_text.clone()),
-                };
-                let result = socket.write(|ws| ws.send(message));
-                if result.is_ok() {
-                    let _ = events.send(Event::PingSent { conn, seq, sent_at });
+            Ok(Command::Close(code, reason)) => {
+                let closed = socket.write(|ws| {
+                    ws.close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    }))?;
+                    ws.flush()
+                });
+                if let Err(err) = closed {
+                    break describe_write_error(err);
                 }
-                next_ping = Some(match next_ping {
-                    // Keep the cadence, but never try to catch up on missed beats in a burst.
-                    Some(due) if due + schedule.interval > Instant::now() => {
-                        due + schedule.interval
-                    }
-                    _ => Instant::now() + schedule.interval,
-                })
-                .filter(|_| !schedule.interval.is_zero());
-                result
             }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Vec::new(),
-        };
-        if result.is_err() {
-            let _ = events.send(Event::Dead {
-                conn,
-                reason: describe_write_error(result),
-            });
-            return commands
-                .try_iter()
-                .filter_map(|c| match c {
-                    Command::Send(text) => Some(text),
-                    Command::Close(..) => None,
-                })
-                .collect();
         }
-    }
+    };
+    report_dead(&events, conn, failed);
+    unsent_texts(&commands)
 }
 
-fn describe_write_error(result: tungstenite::Result<()>) -> String {
-    match result {
-        Ok(()) => "write: ok".into(),
-        Err(tungstenite::Error::Io(err))
+fn unsent_texts(commands: &Receiver<Command>) -> Vec<String> {
+    commands
+        .try_iter()
+        .filter_map(|command| match command {
+            Command::Send(text) => Some(text),
+            Command::Close(..) => None,
+        })
+        .collect()
+}
+
+fn report_dead(events: &Sender<Event>, conn: ConnId, reason: String) {
+    let _ = events.send(Event::Dead { conn, reason });
+}
+
+fn describe_write_error(err: tungstenite::Error) -> String {
+    match err {
+        tungstenite::Error::Io(err)
             if matches!(
                 err.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
@@ -318,7 +346,7 @@ fn describe_write_error(result: tungstenite::Result<()>) -> String {
         {
             "write timed out: the server stopped reading".into()
         }
-        Err(err) => format!("write: {err}"),
+        err => format!("write: {err}"),
     }
 }
 

@@ -28,7 +28,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use crate::heartbeat::Proof;
+use crate::heartbeat::{self, Proof, SharedLiveness};
 use crate::supervisor::{ConnId, Event, Observer};
 use crate::transport::Stream;
 
@@ -93,6 +93,8 @@ pub struct Reader {
     pub wait_on: TcpStream,
     /// In text heartbeat mode, the reply that is a heartbeat answer and not printed.
     pub pong_text: Option<String>,
+    /// Where answers to heartbeats are recorded.
+    pub liveness: SharedLiveness,
     /// Receives text messages.
     pub observer: Arc<dyn Observer>,
     /// The supervisor's channel.
@@ -136,16 +138,31 @@ impl Reader {
             for text in texts.drain(..) {
                 self.observer.message(&text);
             }
-            for (proof, at) in proofs.drain(..) {
-                let _ = self.events.send(Event::Frame {
-                    conn: self.conn,
-                    proof,
-                    at,
-                });
+            if !proofs.is_empty() {
+                self.record(&mut proofs);
             }
             if let Some(ending) = ending {
                 return ending;
             }
+        }
+    }
+
+    /// Feeds what arrived into the shared liveness state. Only the first proof of
+    /// life wakes the supervisor (it resets the backoff); later ones just update
+    /// the state the heartbeat thread reads at its next wake-up.
+    fn record(&self, proofs: &mut Vec<(Proof, Instant)>) {
+        let mut live = heartbeat::lock(&self.liveness);
+        let was_proven = live.proven();
+        let mut rtt = None;
+        for (proof, at) in proofs.drain(..) {
+            rtt = live.on_frame(&proof, at).or(rtt);
+        }
+        if live.proven() && !was_proven {
+            drop(live);
+            let _ = self.events.send(Event::Proven {
+                conn: self.conn,
+                rtt,
+            });
         }
     }
 

@@ -10,8 +10,8 @@
 
 use std::collections::VecDeque;
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +23,7 @@ use crate::backoff::{Backoff, Failure, Random, SplitMix64};
 use crate::config::{Config, HeartbeatMode};
 use crate::error::{ConfigError, ConnectError, Stage};
 use crate::headers::read_header_file;
-use crate::heartbeat::{self, Command, Liveness, Proof, Schedule};
+use crate::heartbeat::{self, Command, Liveness, Schedule, SharedLiveness};
 use crate::reader::{Reader, SharedSocket};
 use crate::sd_notify::{Notifier, Notify};
 use crate::status_file::{State, Status, StatusFile};
@@ -44,6 +44,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const CONNECT_SLACK: Duration = Duration::from_secs(1);
 /// Stack for per-connection threads; they hold little, and 32-bit boards have little address space.
 const THREAD_STACK: usize = 256 * 1024;
+/// Floor on status refreshes between state changes; see [`Supervisor::refresh_interval`].
+const MIN_REFRESH: Duration = Duration::from_secs(30);
 
 /// Everything that wakes the supervisor.
 pub enum Event {
@@ -54,23 +56,12 @@ pub enum Event {
         /// The connection, or why there is none.
         result: Result<Box<Connection>, ConnectError>,
     },
-    /// The heartbeat thread sent heartbeat `seq`.
-    PingSent {
+    /// The connection answered its first heartbeat (or, heartbeat off, sent anything).
+    Proven {
         /// Connection.
         conn: ConnId,
-        /// Heartbeat sequence number.
-        seq: u64,
-        /// When it went out.
-        sent_at: Instant,
-    },
-    /// The reader received something that may prove liveness.
-    Frame {
-        /// Connection.
-        conn: ConnId,
-        /// What it was.
-        proof: Proof,
-        /// When it arrived.
-        at: Instant,
+        /// The round trip of that heartbeat, if it was a matching pong.
+        rtt: Option<Duration>,
     },
     /// The heartbeat thread wrote one queued line.
     Written {
@@ -166,7 +157,9 @@ struct Active {
     commands: Sender<Command>,
     reader: JoinHandle<()>,
     heartbeat: JoinHandle<Vec<String>>,
-    liveness: Liveness,
+    liveness: SharedLiveness,
+    /// Round trip last written to the status file and STATUS=.
+    reported_rtt: Option<Duration>,
     connected_at: Instant,
     /// Set once a Close has been sent and we wait for the server's.
     closing_until: Option<Instant>,
@@ -204,8 +197,8 @@ pub struct Supervisor {
     failures_in_row: u32,
     connects: u64,
     status: Status,
-    status_written_at: Option<Instant>,
     status_dirty: bool,
+    next_refresh: Option<Instant>,
     next_watchdog: Option<Instant>,
     queue: VecDeque<String>,
     in_flight: usize,
@@ -251,8 +244,8 @@ impl Supervisor {
             failures_in_row: 0,
             connects: 0,
             status,
-            status_written_at: None,
             status_dirty: false,
+            next_refresh: None,
             next_watchdog: None,
             queue: VecDeque::new(),
             in_flight: 0,
@@ -320,35 +313,44 @@ impl Supervisor {
             Phase::Connected(active) => {
                 let quiet_proof = (!active.quiet_proven && self.config.ping_interval.is_zero())
                     .then(|| active.connected_at + QUIET_PROOF);
-                [
-                    active.liveness.deadline(),
-                    quiet_proof,
-                    active.closing_until,
-                ]
-                .into_iter()
-                .flatten()
-                .min()
+                [quiet_proof, active.closing_until]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
         };
-        let status_refresh = self
-            .status_dirty
-            .then(|| {
-                self.status_written_at
-                    .map(|at| at + self.refresh_interval())
-            })
-            .flatten();
-        [phase, self.next_watchdog, status_refresh]
+        [phase, self.next_watchdog, self.next_refresh]
             .into_iter()
             .flatten()
             .min()
     }
 
+    /// Whether anyone reads the status (file or systemd); without a reader, no refresh wake-ups.
+    fn reports_status(&self) -> bool {
+        self.status_file.is_some() || self.systemd.notifier.is_some()
+    }
+
+    /// Between state changes the status is refreshed (new RTT, drop count) at most
+    /// once per ping interval, and not more often than [`MIN_REFRESH`] to keep an
+    /// idle client asleep and spare the flash.
     fn refresh_interval(&self) -> Duration {
-        if self.config.ping_interval.is_zero() {
-            Duration::from_secs(20)
-        } else {
-            self.config.ping_interval
+        self.config.ping_interval.max(MIN_REFRESH)
+    }
+
+    fn refresh_status(&mut self, now: Instant) {
+        if let Phase::Connected(active) = &mut self.phase {
+            let rtt = heartbeat::lock(&active.liveness).rtt();
+            if rtt != active.reported_rtt {
+                active.reported_rtt = rtt;
+                self.status.rtt_ms = rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
+                self.status_dirty = true;
+            }
         }
+        if self.status_dirty {
+            self.notify(&[Notify::Status(self.describe())]);
+            self.write_status(now);
+        }
+        self.next_refresh = Some(now + self.refresh_interval());
     }
 
     /// Deadlines that have passed.
@@ -358,12 +360,8 @@ impl Supervisor {
             let interval = self.systemd.watchdog.unwrap_or(Duration::from_secs(1));
             self.next_watchdog = Some((at + interval).max(now));
         }
-        if self.status_dirty
-            && self
-                .status_written_at
-                .is_some_and(|at| now >= at + self.refresh_interval())
-        {
-            self.write_status(now);
+        if self.next_refresh.is_some_and(|at| now >= at) {
+            self.refresh_status(now);
         }
         match &mut self.phase {
             Phase::Backoff { until } if now >= *until => {
@@ -384,17 +382,6 @@ impl Supervisor {
                     let reason = "server did not answer our Close in time".to_string();
                     return self.connection_lost(reason, false, now);
                 }
-                if active.liveness.is_dead(now) {
-                    let reason = format!(
-                        "no heartbeat answer within --pong-timeout ({})",
-                        fmt_duration(self.config.pong_timeout)
-                    );
-                    if self.config.once {
-                        self.teardown(false);
-                        return Some(Ending::ProbeFailed(reason));
-                    }
-                    return self.connection_lost(reason, false, now);
-                }
                 if self.config.ping_interval.is_zero()
                     && !active.quiet_proven
                     && now >= active.connected_at + QUIET_PROOF
@@ -413,13 +400,7 @@ impl Supervisor {
     fn on_event(&mut self, event: Event, now: Instant) -> Option<Ending> {
         match event {
             Event::Connected { conn, result } => self.on_connected(conn, result, now),
-            Event::PingSent { conn, seq, sent_at } => {
-                if let Some(active) = self.active_mut(conn) {
-                    active.liveness.on_ping_sent(seq, sent_at);
-                }
-                None
-            }
-            Event::Frame { conn, proof, at } => self.on_frame(conn, proof, at, now),
+            Event::Proven { conn, rtt } => self.on_proven(conn, rtt, now),
             Event::Written { conn } => {
                 if self.active_mut(conn).is_some() {
                     self.in_flight = self.in_flight.saturating_sub(1);
@@ -589,6 +570,14 @@ impl Supervisor {
         let Connection { ws, tcp, .. } = connection;
         let base = now;
         let socket = Arc::new(SharedSocket::new(ws));
+        // Probe mode needs the round trip of its own heartbeat, so only a matching answer counts.
+        let strict = self.config.strict_pong || self.config.once;
+        let liveness: SharedLiveness = Arc::new(Mutex::new(Liveness::new(
+            self.config.heartbeat,
+            strict,
+            self.config.pong_timeout,
+            base,
+        )));
         let (commands, command_inbox) = mpsc::channel();
         let wait_on = match tcp.try_clone() {
             Ok(clone) => clone,
@@ -605,6 +594,7 @@ impl Supervisor {
             } else {
                 Arc::clone(&self.observer)
             },
+            liveness: Arc::clone(&liveness),
             events: self.events.clone(),
         };
         let schedule = Schedule {
@@ -614,6 +604,7 @@ impl Supervisor {
             immediate: self.config.once,
         };
         let events = self.events.clone();
+        let heartbeat_liveness = Arc::clone(&liveness);
         let reader = thread::Builder::new()
             .name("wsbeat-reader".into())
             .stack_size(THREAD_STACK)
@@ -628,7 +619,16 @@ impl Supervisor {
         let heartbeat = thread::Builder::new()
             .name("wsbeat-heartbeat".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || heartbeat::run(conn, socket, schedule, base, command_inbox, events));
+            .spawn(move || {
+                heartbeat::run(
+                    conn,
+                    socket,
+                    schedule,
+                    heartbeat_liveness,
+                    command_inbox,
+                    events,
+                )
+            });
         let heartbeat = match heartbeat {
             Ok(heartbeat) => heartbeat,
             Err(err) => {
@@ -637,19 +637,14 @@ impl Supervisor {
                 return self.connect_failed(ConnectError::Tcp(err), now);
             }
         };
-        let strict = self.config.strict_pong || self.config.once;
         self.phase = Phase::Connected(Box::new(Active {
             conn,
             tcp,
             commands,
             reader,
             heartbeat,
-            liveness: Liveness::new(
-                self.config.heartbeat,
-                strict,
-                self.config.pong_timeout,
-                base,
-            ),
+            reported_rtt: None,
+            liveness,
             connected_at: now,
             closing_until: None,
             quiet_proven: false,
@@ -663,41 +658,26 @@ impl Supervisor {
         None
     }
 
-    fn on_frame(
-        &mut self,
-        conn: ConnId,
-        proof: Proof,
-        at: Instant,
-        now: Instant,
-    ) -> Option<Ending> {
+    /// The connection answered its first heartbeat.
+    fn on_proven(&mut self, conn: ConnId, rtt: Option<Duration>, now: Instant) -> Option<Ending> {
         let once = self.config.once;
         let active = self.active_mut(conn)?;
-        let was_proven = active.liveness.proven();
-        let rtt = active.liveness.on_frame(&proof, at);
-        let proven = active.liveness.proven();
         if once {
-            if let Some(rtt) = rtt {
-                let _ = active.commands.send(Command::Close(CloseCode::Normal, ""));
-                self.teardown(true);
-                return Some(Ending::ProbeAnswered(rtt));
-            }
-            return None;
+            // Strict in probe mode: the first proof is the matching answer, with its round trip.
+            let rtt = rtt?;
+            let _ = active.commands.send(Command::Close(CloseCode::Normal, ""));
+            self.teardown(true);
+            return Some(Ending::ProbeAnswered(rtt));
         }
-        if proven && !was_proven {
-            self.backoff.reset();
-            self.failures_in_row = 0;
-        }
+        self.backoff.reset();
+        self.failures_in_row = 0;
         if let Some(rtt) = rtt {
-            log::debug!("heartbeat rtt {:.1} ms", rtt.as_secs_f64() * 1000.0);
-            self.status.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-            self.status_dirty = true;
-            if self
-                .status_written_at
-                .is_none_or(|at| now >= at + self.refresh_interval())
-            {
-                self.write_status(now);
-            }
+            log::debug!(
+                "first heartbeat answered in {:.1} ms",
+                rtt.as_secs_f64() * 1000.0
+            );
         }
+        self.refresh_status(now);
         None
     }
 
@@ -956,7 +936,9 @@ impl Supervisor {
 
     fn write_status(&mut self, now: Instant) {
         self.status_dirty = false;
-        self.status_written_at = Some(now);
+        if self.reports_status() {
+            self.next_refresh = Some(now + self.refresh_interval());
+        }
         if let Some(file) = &self.status_file {
             if let Err(err) = file.write(&self.status) {
                 log::warn!("--status-file {}: {err}", file.path().display());
