@@ -155,7 +155,10 @@ impl Reader {
         let was_proven = live.proven();
         let mut rtt = None;
         for (proof, at) in proofs.drain(..) {
-            rtt = live.on_frame(&proof, at).or(rtt);
+            if let Some(measured) = live.on_frame(&proof, at) {
+                self.observer.heartbeat(measured);
+                rtt = Some(measured);
+            }
         }
         if live.proven() && !was_proven {
             drop(live);

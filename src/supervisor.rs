@@ -100,6 +100,8 @@ pub trait Observer: Send + Sync {
     fn message(&self, text: &str);
     /// The state changed (connecting, connected, backoff, stopped).
     fn state(&self, _status: &Status) {}
+    /// A heartbeat was answered after `rtt`. Called on the reader thread; keep it short.
+    fn heartbeat(&self, _rtt: Duration) {}
 }
 
 /// How [`Supervisor::run`] ended.
