@@ -102,6 +102,18 @@ impl Observer for StdoutLines {
     }
 }
 
+/// glibc gives every thread that allocates its own arena; a client that moves a
+/// few messages a second gains nothing from that and pays for each arena in
+/// resident memory. Must run before other threads start.
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only adjusts allocator parameters; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Runs the command-line client: signals, stdin, systemd, the supervisor.
 /// Returns how it ended; `Err` is a configuration file problem (exit 78).
 pub fn run(config: Config) -> Result<Ending, ConfigError> {
@@ -113,6 +125,10 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
             None
         }
     };
+    if config.target.tls {
+        tls::prefer_hashed_system_roots();
+    }
+    limit_malloc_arenas();
     let once = config.once;
     let max_line = config.max_message_size;
     let supervisor = Supervisor::new(config, Arc::new(StdoutLines))?;

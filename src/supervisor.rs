@@ -382,7 +382,7 @@ impl Supervisor {
             Phase::Connected(active) => {
                 if active.closing_until.is_some_and(|until| now >= until) {
                     let reason = "server did not answer our Close in time".to_string();
-                    return self.connection_lost(reason, false, now);
+                    return self.connection_lost(reason, false);
                 }
                 if self.config.ping_interval.is_zero()
                     && !active.quiet_proven
@@ -415,7 +415,7 @@ impl Supervisor {
                 let code_text = code.map_or("no code".to_string(), |c| c.to_string());
                 if closing {
                     log::debug!("server answered our Close ({code_text})");
-                    return self.connection_lost("closed".into(), true, now);
+                    return self.connection_lost("closed".into(), true);
                 }
                 log::info!("server closed the connection: {code_text} {reason:?}");
                 let reason = format!("server closed the connection: {code_text} {reason}");
@@ -423,7 +423,7 @@ impl Supervisor {
                     self.teardown(false);
                     return Some(Ending::ProbeFailed(reason));
                 }
-                self.connection_lost(reason, true, now)
+                self.connection_lost(reason, true)
             }
             Event::Dead { conn, reason } => {
                 let closing = self.active_mut(conn)?.closing_until.is_some();
@@ -431,7 +431,7 @@ impl Supervisor {
                     self.teardown(false);
                     return Some(Ending::ProbeFailed(reason));
                 }
-                self.connection_lost(reason, false, now)
+                self.connection_lost(reason, false)
             }
             Event::Line(text) => {
                 self.enqueue(text);
@@ -492,7 +492,9 @@ impl Supervisor {
         let connector = self.connector.clone().filter(|_| target.tls);
         let ws_config = ws_config(&self.config);
         let write_timeout = self.config.pong_timeout.max(Duration::from_secs(1));
-        let deadline = now + self.config.connect_timeout;
+        // From now, not from `now`: building the first TLS connector (system roots,
+        // OpenSSL start-up) can take a second on a small board and is not the network's time.
+        let deadline = Instant::now() + self.config.connect_timeout;
         let events = self.events.clone();
         let spawned = thread::Builder::new()
             .name("wsbeat-connect".into())
@@ -726,14 +728,17 @@ impl Supervisor {
     }
 
     /// The live connection ended: tear it down and reconnect (or stop, if stopping).
-    fn connection_lost(&mut self, reason: String, graceful: bool, now: Instant) -> Option<Ending> {
+    fn connection_lost(&mut self, reason: String, graceful: bool) -> Option<Ending> {
         self.teardown(graceful);
         if self.stopping {
             return Some(Ending::Stopped);
         }
         log::warn!("connection lost: {reason}");
         self.status.last_error = Some(reason);
-        self.schedule_retry(Failure::Normal, now);
+        // Count the delay from the end of the teardown, not from when the loss was
+        // noticed: after a server restart a whole fleet tears down at once, and a
+        // delay already spent inside a slow teardown would bunch them all up again.
+        self.schedule_retry(Failure::Normal, Instant::now());
         None
     }
 

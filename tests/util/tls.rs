@@ -72,7 +72,7 @@ fn cert(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
-        .as_secs() as i64;
+        .as_secs() as libc::time_t;
     b.set_not_before(&Asn1Time::from_unix(now - 86_400).expect("time"))
         .expect("not before");
     b.set_not_after(&Asn1Time::from_unix(now + 30 * 86_400).expect("time"))
