@@ -47,7 +47,9 @@ apt_install() {
     log "need root to apt-get install ${missing[*]}"; return 1
   fi
   if [ $apt_updated = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq
+    # A mirror mid-sync fails one index; the packages needed here are in the others.
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq \
+      || log "warning: apt-get update reported errors; continuing with the indexes that loaded"
     apt_updated=1
   fi
   local policy=/usr/sbin/policy-rc.d made_policy=0
