@@ -41,7 +41,7 @@ apt_install() {
   # Installs Debian packages without starting their services (nginx would otherwise
   # grab port 80 through its init script); the benchmark starts its own nginx.
   local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  for p in "$@"; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     log "need root to apt-get install ${missing[*]}"; return 1
