@@ -6,7 +6,7 @@
 //! The peers come from `scripts/install-peers.sh` (into `target/peers/`, nginx from
 //! apt); the servers are `bench/peers/*_server.*` and `bench/nginx/`. The tests start
 //! them and kill them on drop. Missing peers fail the tests with the command to run:
-//! they are never skipped silently. Separate test target: `cargo test --test interop`.
+//! they are never skipped silently. Separate test target: `cargo test --features interop --test interop`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
