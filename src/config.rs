@@ -353,6 +353,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(nanos))
 }
 
+/// Why a TLS option is refused by a build without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+const WITHOUT_TLS: &str =
+    "this wsbeat was built without TLS (cargo feature \"tls\"); only ws:// works";
+
 /// Parses `url` into a [`Target`]; `flag` names where it came from in errors
 /// (`url` for the argument, `WSBEAT_URL` for the environment).
 ///
@@ -376,6 +381,9 @@ pub fn parse_target(url: &str, flag: &str) -> Result<Target, UsageError> {
     let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
     let tls = match scheme.as_deref() {
         Some("ws") => false,
+        #[cfg(not(feature = "tls"))]
+        Some("wss") => return Err(error(WITHOUT_TLS.into())),
+        #[cfg(feature = "tls")]
         Some("wss") => true,
         Some(other) => {
             return Err(error(format!(
@@ -838,6 +846,14 @@ where
     config.headers = headers;
     config.header_file = header_file.map(|(_, path)| path);
     config.subprotocols = subprotocols;
+    #[cfg(not(feature = "tls"))]
+    if let Some((flag, _)) = ca_file
+        .as_ref()
+        .or(client_cert.as_ref())
+        .or(client_key.as_ref())
+    {
+        return Err(UsageError::new(flag.clone(), WITHOUT_TLS));
+    }
     config.ca_file = ca_file.map(|(_, path)| path);
     match (client_cert, client_key) {
         (Some((flag, _)), None) => {

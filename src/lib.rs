@@ -76,6 +76,10 @@ pub mod status_file;
 #[allow(unsafe_code)]
 pub mod stdin;
 pub mod supervisor;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
 pub mod tls;
 pub mod transport;
 

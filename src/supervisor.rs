@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use native_tls::TlsConnector;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -27,7 +26,7 @@ use crate::heartbeat::{self, Command, Liveness, Schedule, SharedLiveness};
 use crate::reader::{Reader, SharedSocket};
 use crate::sd_notify::{Notifier, Notify};
 use crate::status_file::{State, Status, StatusFile};
-use crate::tls::TlsFiles;
+use crate::tls::{Connector, TlsFiles};
 use crate::transport::{self, Connection, Dial};
 
 /// Identifies one connection attempt; every event carries it, so a late event
@@ -186,7 +185,7 @@ pub struct Supervisor {
     config: Config,
     file_headers: Vec<(String, String)>,
     tls_files: TlsFiles,
-    connector: Option<TlsConnector>,
+    connector: Option<Connector>,
     observer: Arc<dyn Observer>,
     systemd: Systemd,
     status_file: Option<StatusFile>,

@@ -8,6 +8,9 @@ use std::path::Path;
 use native_tls::{Certificate, Identity, TlsConnector};
 
 use crate::config::Config;
+
+/// What builds TLS sessions for `wss://`.
+pub type Connector = TlsConnector;
 use crate::error::ConfigError;
 
 /// Largest PEM file accepted; real bundles are a few hundred KiB at most.

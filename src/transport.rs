@@ -11,7 +11,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use native_tls::{HandshakeError as TlsHandshakeError, TlsConnector, TlsStream};
+#[cfg(feature = "tls")]
+use native_tls::{HandshakeError as TlsHandshakeError, TlsStream};
 use tungstenite::WebSocket;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
@@ -20,12 +21,14 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Target;
 use crate::error::{ConnectError, Stage};
+use crate::tls::Connector;
 
 /// A plain or TLS TCP stream.
 pub enum Stream {
     /// `ws://`
     Plain(TcpStream),
     /// `wss://`
+    #[cfg(feature = "tls")]
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -33,6 +36,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.read(buf),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.read(buf),
         }
     }
@@ -42,6 +46,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.write(buf),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.write(buf),
         }
     }
@@ -49,6 +54,7 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(tcp) => tcp.flush(),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.flush(),
         }
     }
@@ -73,7 +79,7 @@ pub struct Dial<'a> {
     /// Subprotocols to offer.
     pub subprotocols: &'a [String],
     /// Present for `wss://`.
-    pub tls: Option<&'a TlsConnector>,
+    pub tls: Option<&'a Connector>,
     /// tungstenite buffers and limits.
     pub ws_config: WebSocketConfig,
     /// Bound on each later write (heartbeat, data, close).
@@ -90,6 +96,7 @@ pub fn connect(dial: &Dial<'_>, deadline: Instant) -> Result<Connection, Connect
     let control = tcp.try_clone().map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
     let stream = match dial.tls {
+        #[cfg(feature = "tls")]
         Some(connector) => Stream::Tls(Box::new(handshake_tls(
             connector,
             &dial.target.host,
@@ -97,6 +104,8 @@ pub fn connect(dial: &Dial<'_>, deadline: Instant) -> Result<Connection, Connect
             &control,
             deadline,
         )?)),
+        #[cfg(not(feature = "tls"))]
+        Some(connector) => match *connector {},
         None => Stream::Plain(tcp),
     };
     let (ws, subprotocol) = upgrade(dial, stream, &control, deadline)?;
@@ -159,8 +168,9 @@ fn set_timeouts(control: &TcpStream, deadline: Instant, stage: Stage) -> Result<
         .map_err(ConnectError::Tcp)
 }
 
+#[cfg(feature = "tls")]
 fn handshake_tls(
-    connector: &TlsConnector,
+    connector: &Connector,
     host: &str,
     tcp: TcpStream,
     control: &TcpStream,
