@@ -19,6 +19,16 @@ each through its own TCP proxy that the benchmark controls, with a 1 s heartbeat
             next to the bound ping-interval + pong-timeout + 0.2 s.
   size      size of the (stripped) binaries.
 
+With --wsbeat-notls PATH, the ws://-only build of wsbeat (cargo --no-default-features, no
+OpenSSL linked) joins the ws:// idle measurements (heartbeat on and off) and the size row.
+
+Every client runs with the CA variables of an interactive shell removed from its
+environment (CA_ENV_REMOVED: SSL_CERT_FILE, SSL_CERT_DIR, NIX_SSL_CERT_FILE,
+NODE_EXTRA_CA_CERTS), as under a systemd service, so each finds the system roots its own
+default way. For wss:// the test CA is given through each client's CA option; websocat has
+none, so it alone gets SSL_CERT_DIR naming a hashed directory with only the test CA; its
+default CA file (the system bundle) still loads as usual.
+
 Python standard library only. Bounded: about 2 minutes (about 40 s with --quick).
 """
 
@@ -37,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wsharness as h  # noqa: E402
 
 PING_S = 1.0
+CA_ENV_REMOVED = ("SSL_CERT_FILE", "SSL_CERT_DIR", "NIX_SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS")
 PONG_TIMEOUT_S = 3.0
 BOUND_S = PING_S + PONG_TIMEOUT_S + 0.2
 
@@ -44,11 +55,26 @@ BOUND_S = PING_S + PONG_TIMEOUT_S + 0.2
 class Client:
     """One client program and how to start it."""
 
-    def __init__(self, name, version, argv_fn, env=None):
+    def __init__(self, name, version, argv_fn, env=None, ws_only=False, ca_env_fn=None):
         self.name = name
         self.version = version
         self.argv_fn = argv_fn  # (url, heartbeat_on, ca_file) -> argv
         self.env = env or {}
+        # Joins only the ws:// idle measurements (the no-TLS build).
+        self.ws_only = ws_only
+        # ca_file -> extra environment, for a client with no CA option of its own.
+        self.ca_env_fn = ca_env_fn
+
+
+def hashed_ca_dir(ca_file):
+    """A directory holding ca_file under its OpenSSL subject-hash name (<hash>.0)."""
+    d = os.path.join(os.path.dirname(ca_file), "hashed")
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        hsh = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", ca_file],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        shutil.copy(ca_file, os.path.join(d, hsh + ".0"))
+    return d
 
 
 def make_clients(args):
@@ -68,6 +94,16 @@ def make_clients(args):
     if args.wsbeat != "none":
         ver = subprocess.run([args.wsbeat, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
         clients.append(Client("wsbeat", ver or "?", wsbeat_argv, {"RUST_LOG": "info"}))
+
+    if args.wsbeat_notls != "none":
+        notls = args.wsbeat_notls
+
+        def notls_argv(url, hb, ca):
+            return [notls] + wsbeat_argv(url, hb, ca)[1:]
+
+        ver = subprocess.run([notls, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        clients.append(Client("wsbeat-notls", (ver or "?") + " (no TLS build)", notls_argv,
+                              {"RUST_LOG": "info"}, ws_only=True))
 
     if os.path.exists(py) and "python" not in args.skip:
 
@@ -108,8 +144,11 @@ def make_clients(args):
             return a + ["-", "autoreconnect:" + url]
 
         v = subprocess.run([websocat, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
-        # websocat trusts the system roots; SSL_CERT_FILE points OpenSSL at the test CA.
-        c = Client("websocat", v, websocat_argv)
+        # websocat has no CA option: OpenSSL finds the test CA through SSL_CERT_DIR (a
+        # hashed dir holding only it); its default CA file (the system bundle) still
+        # loads as in a service. (A ':'-list adding the system dir did not verify.)
+        c = Client("websocat", v, websocat_argv,
+                   ca_env_fn=lambda ca: {"SSL_CERT_DIR": hashed_ca_dir(ca)})
         clients.append(c)
     else:
         print("bench: websocat not installed (scripts/install-peers.sh --websocat); skipped", file=sys.stderr)
@@ -124,9 +163,11 @@ class Instance:
         self.variant = variant
         self.path = url.split("/", 3)[3] if url.count("/") >= 3 else ""
         self.path = "/" + self.path
-        env = {**os.environ, **client.env}
-        if ca:
-            env["SSL_CERT_FILE"] = ca
+        env = {k: v for k, v in os.environ.items() if k not in CA_ENV_REMOVED}
+        env.update(client.env)
+        if ca and client.ca_env_fn:
+            env.update(client.ca_env_fn(ca))
+        self.env_added = {k: v for k, v in env.items() if os.environ.get(k) != v}
         self.log = open(os.path.join(logdir, f"{client.name}-{variant}.log"), "wb")
         self.argv = client.argv_fn(url, hb, ca)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -158,6 +199,8 @@ def fmt(v, nd=1):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--wsbeat", required=True, help="path of the wsbeat binary, or none")
+    ap.add_argument("--wsbeat-notls", default="none",
+                    help="path of a ws://-only wsbeat (--no-default-features), or none")
     ap.add_argument("--quick", action="store_true", help="short windows, for development")
     ap.add_argument("--out", default=os.path.join(h.REPO, "target", "bench", "results.json"))
     ap.add_argument("--phases", default="idle,latency,blackhole", help="comma list of phases to run")
@@ -178,7 +221,8 @@ def main():
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
         "settings": {"ping_interval_s": PING_S, "pong_timeout_s": PONG_TIMEOUT_S, "settle_s": settle,
-                     "window_s": window, "pings": pings, "blackhole_trials": trials, "quick": args.quick},
+                     "window_s": window, "pings": pings, "blackhole_trials": trials, "quick": args.quick,
+                     "env_removed": list(CA_ENV_REMOVED)},
         "clients": {},
     }
     instances = []
@@ -194,6 +238,8 @@ def main():
             print(f"bench: {len(clients)} clients; idle phase {settle}+{window} s ...", file=sys.stderr)
         for c in clients:
             for variant, hb, tls in variants:
+                if tls and c.ws_only:
+                    continue
                 path = f"/{c.name}-{variant}"
                 if tls:
                     url = f"wss://127.0.0.1:{nginx.port}{path}"
@@ -221,14 +267,17 @@ def main():
                 inst.stop()
         nginx.cleanup()
 
+        full = [c for c in clients if not c.ws_only]
         if "latency" in args.phases:
-            latency_phase(clients, server, results, pings, logdir)
+            latency_phase(full, server, results, pings, logdir)
         if "blackhole" in args.phases:
             blackhole_phase(server, instances, results, trials)
 
         # ---------------------------------------------------------------- size
         if "wsbeat" in results["clients"]:
             results["clients"]["wsbeat"]["binary_bytes"] = os.path.getsize(args.wsbeat)
+        if "wsbeat-notls" in results["clients"]:
+            results["clients"]["wsbeat-notls"]["binary_bytes"] = os.path.getsize(args.wsbeat_notls)
         ws = os.path.join(h.REPO, "target", "peers", "websocat", "bin", "websocat")
         if "websocat" in results["clients"] and os.path.exists(ws):
             tmp = os.path.join(outdir, "websocat.stripped")
@@ -264,7 +313,7 @@ def idle_phase(args, server, instances, results, settle, window):
         a, b = snap1[id(inst)], snap2[id(inst)]
         conns = server.count(inst.path)
         entry = {"argv": " ".join(os.path.basename(x) if i == 0 else x for i, x in enumerate(inst.argv)),
-                 "error": inst.error, "connections": conns}
+                 "env_added": inst.env_added, "error": inst.error, "connections": conns}
         if a and b:
             entry.update({"rss_kib": a["rss_kib"], "private_kib": a["private_kib"], "threads": a["threads"],
                           "fds": a["fds"], **h.rate(a, b)})
@@ -334,7 +383,7 @@ def latency_phase(clients, server, results, pings, logdir):
 def blackhole_phase(server, instances, results, trials):
     # ---------------------------------------------------------------- blackhole
     print(f"bench: blackhole, {trials} trials per client ...", file=sys.stderr)
-    hb_insts = [i for i in instances if i.variant == "ws-hb" and i.proc.poll() is None]
+    hb_insts = [i for i in instances if i.variant == "ws-hb" and not i.client.ws_only and i.proc.poll() is None]
 
     def run_trials(inst):
         times = []
@@ -371,7 +420,7 @@ def blackhole_phase(server, instances, results, trials):
 def goals(res):
     cl = res["clients"]
     w = cl.get("wsbeat", {})
-    peers = [n for n in cl if n != "wsbeat"]
+    peers = [n for n in cl if not n.startswith("wsbeat")]
     g = {}
 
     def get(name, *keys):

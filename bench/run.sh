@@ -3,9 +3,11 @@
 # runs the benchmark and prints the table; JSON goes to target/bench/results.json.
 #
 #   bench/run.sh              # full run, about 2.5 minutes
-#   bench/run.sh --quick      # short windows, for development (about 45 s)
+#   bench/run.sh --quick      # short windows, for development (about 65 s)
 #   bench/run.sh --websocat   # also install websocat first (cargo install, minutes)
 #   WSBEAT=/path/to/wsbeat bench/run.sh   # benchmark a given binary, no build
+#   (WSBEAT_NOTLS=/path/to/ws-only-wsbeat adds the no-TLS column then; without
+#   WSBEAT it is built here with --no-default-features into target/bench-notls)
 #
 # Any other argument is passed to bench/bench.py (e.g. --skip websocat).
 set -euo pipefail
@@ -27,10 +29,16 @@ scripts/install-peers.sh "${install_args[@]}" 2>/dev/null >/dev/null || scripts/
 if [ -z "${WSBEAT:-}" ]; then
   cargo build --release --quiet --bin wsbeat
   WSBEAT="${CARGO_TARGET_DIR:-$repo/target}/release/wsbeat"
+  # The ws://-only build (no OpenSSL linked), in its own target dir so the two builds
+  # do not invalidate each other; it joins the ws:// idle measurements only.
+  if [ -z "${WSBEAT_NOTLS:-}" ]; then
+    CARGO_TARGET_DIR="$repo/target/bench-notls" cargo build --release --quiet --no-default-features --bin wsbeat
+    WSBEAT_NOTLS="$repo/target/bench-notls/release/wsbeat"
+  fi
 fi
 mkdir -p target/bench
 # Every client and the harness run at the same raised priority (as root), so noise from
 # other work on the machine weighs less on the latency tails; the treatment is equal.
 prio=()
 [ "$(id -u)" = 0 ] && prio=(nice -n -10)
-exec timeout 600 "${prio[@]}" python3 bench/bench.py --wsbeat "$WSBEAT" --out "$repo/target/bench/results.json" "${pass[@]}"
+exec timeout 600 "${prio[@]}" python3 bench/bench.py --wsbeat "$WSBEAT" --wsbeat-notls "${WSBEAT_NOTLS:-none}" --out "$repo/target/bench/results.json" "${pass[@]}"
