@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::server::{Behavior, Kind, Server};
-use crate::util::{TempDir, WAIT, Wsbeat, free_port, ms, poll_until, runner_prefix, scaled};
+use crate::util::{TempDir, WAIT, Wsbeat, clean_command, free_port, ms, poll_until, scaled};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -216,28 +216,8 @@ fn run_with_stderr_file(
     log: &File,
     until: impl FnOnce() -> bool,
 ) -> Option<i32> {
-    let prefix = runner_prefix();
-    let bin = env!("CARGO_BIN_EXE_wsbeat");
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
+    let mut cmd = clean_command();
     cmd.args(args);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("WSBEAT_")
-            || matches!(
-                k.as_str(),
-                "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID" | "JOURNAL_STREAM" | "RUST_LOG"
-            )
-        {
-            cmd.env_remove(&k);
-        }
-    }
     for (k, v) in envs {
         cmd.env(k, v);
     }

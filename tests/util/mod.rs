@@ -139,6 +139,27 @@ fn scrubbed(name: &str) -> bool {
         )
 }
 
+/// The real `wsbeat` binary behind the [`runner_prefix`] if any, with the scrubbed
+/// environment described above and no arguments yet.
+pub fn clean_command() -> Command {
+    let prefix = runner_prefix();
+    let bin = env!("CARGO_BIN_EXE_wsbeat");
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    for (k, _) in std::env::vars_os() {
+        if scrubbed(&k.to_string_lossy()) {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd
+}
+
 /// Builder for one run of the real `wsbeat` binary (`env!("CARGO_BIN_EXE_wsbeat")`, behind
 /// the [`runner_prefix`] if any). The child starts with a scrubbed environment (see above)
 /// plus what [`Wsbeat::env`] adds; `RUST_LOG` defaults to `debug` so failures show detail.
@@ -235,22 +256,8 @@ impl Wsbeat {
     }
 
     fn command(&self) -> Command {
-        let prefix = runner_prefix();
-        let bin = env!("CARGO_BIN_EXE_wsbeat");
-        let mut cmd = match prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
+        let mut cmd = clean_command();
         cmd.args(&self.args);
-        for (k, _) in std::env::vars_os() {
-            if scrubbed(&k.to_string_lossy()) {
-                cmd.env_remove(&k);
-            }
-        }
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
