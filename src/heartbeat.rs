@@ -2,8 +2,11 @@
 //! heartbeat thread, which is also the connection's only writer of data frames.
 //!
 //! The thread sleeps in `recv_timeout` on its command channel until the next ping
-//! is due or a command arrives, so an idle connection wakes only for its heartbeat,
-//! and dropping the command sender ends the thread at once.
+//! is due, the oldest unanswered ping runs out of time, or a command arrives, so an
+//! idle connection wakes only for its heartbeat; dropping the command sender ends
+//! the thread at once. The reader records answers in the shared [`Liveness`]
+//! without waking anyone; this thread reads them at its next wake-up and reports
+//! a dead connection to the supervisor itself.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};

@@ -1,6 +1,7 @@
-//! The supervisor: the only owner of state. It runs the reconnect loop over one
-//! channel of [`Event`]s, decides when a connection is dead, picks reconnect
-//! delays, and keeps the status file and systemd informed.
+//! The supervisor: the owner of all client state. It runs the reconnect loop over
+//! one channel of [`Event`]s, tears down connections reported dead (by the reader,
+//! or by the heartbeat thread, which judges liveness), picks reconnect delays, and
+//! keeps the status file and systemd informed.
 //!
 //! It never touches the socket itself except to shut it down: writes go through
 //! the connection's heartbeat thread, reads happen on its reader thread, and the
@@ -76,7 +77,7 @@ pub enum Event {
         /// Close reason.
         reason: String,
     },
-    /// The connection failed (read or write error, oversized message).
+    /// The connection failed (heartbeat unanswered, read or write error, oversized message).
     Dead {
         /// Connection.
         conn: ConnId,
