@@ -21,6 +21,9 @@ each through its own TCP proxy that the benchmark controls, with a 1 s heartbeat
 
 With --wsbeat-notls PATH, the ws://-only build of wsbeat (cargo --no-default-features, no
 OpenSSL linked) joins the ws:// idle measurements (heartbeat on and off) and the size row.
+With --wsbeat-static PATH, a wsbeat linked with the system's static OpenSSL (libssl.a,
+libcrypto.a) joins the idle measurements (ws:// and wss://) and the size row: what the
+default build's RSS would be without loading the shared OpenSSL.
 
 Every client runs with the CA variables of an interactive shell removed from its
 environment (CA_ENV_REMOVED: SSL_CERT_FILE, SSL_CERT_DIR, NIX_SSL_CERT_FILE,
@@ -55,13 +58,16 @@ BOUND_S = PING_S + PONG_TIMEOUT_S + 0.2
 class Client:
     """One client program and how to start it."""
 
-    def __init__(self, name, version, argv_fn, env=None, ws_only=False, ca_env_fn=None):
+    def __init__(self, name, version, argv_fn, env=None, ws_only=False, ca_env_fn=None, build_variant=False):
         self.name = name
         self.version = version
         self.argv_fn = argv_fn  # (url, heartbeat_on, ca_file) -> argv
         self.env = env or {}
         # Joins only the ws:// idle measurements (the no-TLS build).
         self.ws_only = ws_only
+        # Another build of wsbeat: idle and size only, not latency or blackhole, where it
+        # would only repeat the default build's figures.
+        self.build_variant = build_variant or ws_only
         # ca_file -> extra environment, for a client with no CA option of its own.
         self.ca_env_fn = ca_env_fn
 
@@ -95,14 +101,19 @@ def make_clients(args):
         ver = subprocess.run([args.wsbeat, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
         clients.append(Client("wsbeat", ver or "?", wsbeat_argv, {"RUST_LOG": "info"}))
 
+    def variant_argv(path):
+        return lambda url, hb, ca: [path] + wsbeat_argv(url, hb, ca)[1:]
+
+    if args.wsbeat_static != "none":
+        ver = subprocess.run([args.wsbeat_static, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        clients.append(Client("wsbeat-static", (ver or "?") + " (static OpenSSL)", variant_argv(args.wsbeat_static),
+                              {"RUST_LOG": "info"}, build_variant=True))
+
     if args.wsbeat_notls != "none":
-        notls = args.wsbeat_notls
-
-        def notls_argv(url, hb, ca):
-            return [notls] + wsbeat_argv(url, hb, ca)[1:]
-
-        ver = subprocess.run([notls, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
-        clients.append(Client("wsbeat-notls", (ver or "?") + " (no TLS build)", notls_argv,
+        ver = subprocess.run([args.wsbeat_notls, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        clients.append(Client("wsbeat-notls", (ver or "?") + " (no TLS build)", variant_argv(args.wsbeat_notls),
                               {"RUST_LOG": "info"}, ws_only=True))
 
     if os.path.exists(py) and "python" not in args.skip:
@@ -201,6 +212,8 @@ def main():
     ap.add_argument("--wsbeat", required=True, help="path of the wsbeat binary, or none")
     ap.add_argument("--wsbeat-notls", default="none",
                     help="path of a ws://-only wsbeat (--no-default-features), or none")
+    ap.add_argument("--wsbeat-static", default="none",
+                    help="path of a wsbeat linked with static OpenSSL, or none")
     ap.add_argument("--quick", action="store_true", help="short windows, for development")
     ap.add_argument("--out", default=os.path.join(h.REPO, "target", "bench", "results.json"))
     ap.add_argument("--phases", default="idle,latency,blackhole", help="comma list of phases to run")
@@ -261,13 +274,14 @@ def main():
                 inst.error = None
         if "idle" in args.phases:
             idle_phase(args, server, instances, results, settle, window)
-        # stop the heartbeat-off and TLS instances; keep ws-hb for the blackhole phase
+        # stop the heartbeat-off and TLS instances and the other builds; keep ws-hb for the
+        # blackhole phase
         for inst in instances:
-            if inst.variant != "ws-hb":
+            if inst.variant != "ws-hb" or inst.client.build_variant:
                 inst.stop()
         nginx.cleanup()
 
-        full = [c for c in clients if not c.ws_only]
+        full = [c for c in clients if not c.build_variant]
         if "latency" in args.phases:
             latency_phase(full, server, results, pings, logdir)
         if "blackhole" in args.phases:
@@ -276,8 +290,9 @@ def main():
         # ---------------------------------------------------------------- size
         if "wsbeat" in results["clients"]:
             results["clients"]["wsbeat"]["binary_bytes"] = os.path.getsize(args.wsbeat)
-        if "wsbeat-notls" in results["clients"]:
-            results["clients"]["wsbeat-notls"]["binary_bytes"] = os.path.getsize(args.wsbeat_notls)
+        for name, path in (("wsbeat-notls", args.wsbeat_notls), ("wsbeat-static", args.wsbeat_static)):
+            if name in results["clients"]:
+                results["clients"][name]["binary_bytes"] = os.path.getsize(path)
         ws = os.path.join(h.REPO, "target", "peers", "websocat", "bin", "websocat")
         if "websocat" in results["clients"] and os.path.exists(ws):
             tmp = os.path.join(outdir, "websocat.stripped")
@@ -383,7 +398,7 @@ def latency_phase(clients, server, results, pings, logdir):
 def blackhole_phase(server, instances, results, trials):
     # ---------------------------------------------------------------- blackhole
     print(f"bench: blackhole, {trials} trials per client ...", file=sys.stderr)
-    hb_insts = [i for i in instances if i.variant == "ws-hb" and not i.client.ws_only and i.proc.poll() is None]
+    hb_insts = [i for i in instances if i.variant == "ws-hb" and not i.client.build_variant and i.proc.poll() is None]
 
     def run_trials(inst):
         times = []
@@ -496,6 +511,11 @@ def print_table(res):
     print()
     for k, ok in res["goals"].items():
         print(f"goal {'MET   ' if ok else 'NOT MET'}  {k}")
+    for n in names:
+        rss = cl[n].get("ws-hb", {}).get("rss_kib")
+        if n.startswith("wsbeat-") and rss is not None:
+            print(f"same goal, {cl[n]['version'].split('(')[-1].rstrip(')')}: idle RSS {rss} KiB"
+                  f" ({'within' if rss <= 4096 else 'over'} 4 MiB)")
     for note in notes:
         print("note:", note)
 

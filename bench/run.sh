@@ -7,7 +7,9 @@
 #   bench/run.sh --websocat   # also install websocat first (cargo install, minutes)
 #   WSBEAT=/path/to/wsbeat bench/run.sh   # benchmark a given binary, no build
 #   (WSBEAT_NOTLS=/path/to/ws-only-wsbeat adds the no-TLS column then; without
-#   WSBEAT it is built here with --no-default-features into target/bench-notls)
+#   WSBEAT it is built here with --no-default-features into target/bench-notls;
+#   likewise WSBEAT_STATIC, built here against the system's libssl.a/libcrypto.a
+#   into target/bench-static when libssl-dev ships them)
 #
 # Any other argument is passed to bench/bench.py (e.g. --skip websocat).
 set -euo pipefail
@@ -35,10 +37,19 @@ if [ -z "${WSBEAT:-}" ]; then
     CARGO_TARGET_DIR="$repo/target/bench-notls" cargo build --release --quiet --no-default-features --bin wsbeat
     WSBEAT_NOTLS="$repo/target/bench-notls/release/wsbeat"
   fi
+  # The same code linked with static OpenSSL: shows what loading the shared libssl and
+  # libcrypto costs in RSS (the default build's ws:// figure) against binary size.
+  libdir="$(pkg-config --variable=libdir openssl 2>/dev/null || true)"
+  if [ -z "${WSBEAT_STATIC:-}" ] && [ -n "$libdir" ] && [ -f "$libdir/libcrypto.a" ]; then
+    OPENSSL_STATIC=1 OPENSSL_LIB_DIR="$libdir" \
+      OPENSSL_INCLUDE_DIR="$(pkg-config --variable=includedir openssl)" \
+      CARGO_TARGET_DIR="$repo/target/bench-static" cargo build --release --quiet --bin wsbeat
+    WSBEAT_STATIC="$repo/target/bench-static/release/wsbeat"
+  fi
 fi
 mkdir -p target/bench
 # Every client and the harness run at the same raised priority (as root), so noise from
 # other work on the machine weighs less on the latency tails; the treatment is equal.
 prio=()
 [ "$(id -u)" = 0 ] && prio=(nice -n -10)
-exec timeout 600 "${prio[@]}" python3 bench/bench.py --wsbeat "$WSBEAT" --wsbeat-notls "${WSBEAT_NOTLS:-none}" --out "$repo/target/bench/results.json" "${pass[@]}"
+exec timeout 600 "${prio[@]}" python3 bench/bench.py --wsbeat "$WSBEAT" --wsbeat-notls "${WSBEAT_NOTLS:-none}" --wsbeat-static "${WSBEAT_STATIC:-none}" --out "$repo/target/bench/results.json" "${pass[@]}"

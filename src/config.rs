@@ -131,9 +131,9 @@ Usage: wsbeat [OPTIONS] [URL]
 URL is ws://host[:port]/path or wss://host[:port]/path (required, here or as
 WSBEAT_URL). Every option can also be set as WSBEAT_<NAME> (upper case, '-'
 becomes '_', e.g. WSBEAT_PING_INTERVAL=5s); the command line wins. Switches
-set in the environment take 1, true, yes or 0, false, no. Empty variables
-count as unset. DURATION is a number with an optional unit ms, s, m or h
-(250ms, 1.5s, 20s, 5m); a bare number means seconds.
+set in the environment take 1, true, yes or 0, false, no; other empty
+variables count as unset. DURATION is a number with an optional unit ms, s,
+m or h (250ms, 1.5s, 20s, 5m); a bare number means seconds.
 
 Heartbeat:
       --ping-interval DURATION  time between heartbeats; 0 turns it off [20s]
@@ -506,13 +506,16 @@ impl Sources<'_> {
     }
 
     /// A switch: given on the command line, or `WSBEAT_NAME` set to a boolean.
+    /// Unlike other variables, an empty one is an error: the contract allows only the
+    /// six words, and `WSBEAT_INSECURE=` would otherwise silently mean "no".
     fn switch(&self, name: &'static str) -> Result<bool, UsageError> {
         if self.args.switches.contains(&name) {
             return Ok(true);
         }
-        match self.env_var(name) {
+        let var = env_name(name);
+        match (self.env)(&var) {
             None => Ok(false),
-            Some((var, value)) => match value.as_str() {
+            Some(value) => match value.as_str() {
                 "1" | "true" | "yes" => Ok(true),
                 "0" | "false" | "no" => Ok(false),
                 _ => Err(UsageError::new(
@@ -683,7 +686,7 @@ fn not_utf8(raw: &std::ffi::OsStr, options_ended: bool) -> UsageError {
 /// environment into what to do.
 ///
 /// `env` looks a variable up (`|name| std::env::var(name).ok()` in production,
-/// a map in tests); empty variables count as unset. Files are not read here:
+/// a map in tests); empty variables other than switches count as unset. Files are not read here:
 /// checking them is exit 78, done at start-up by their owners. Every error is a
 /// one-line [`UsageError`] naming the flag or variable (exit 64).
 pub fn parse<I>(args: I, env: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, UsageError>
@@ -1207,17 +1210,19 @@ mod tests {
                     .insecure
             );
         }
-        // An empty variable is unset (as EnvironmentFile= lines like `WSBEAT_CA_FILE=`).
+        // An empty variable is unset (as EnvironmentFile= lines like `WSBEAT_CA_FILE=`)...
         let config = run_with(
             &[URL],
-            &[
-                ("WSBEAT_CA_FILE", ""),
-                ("WSBEAT_PING_INTERVAL", ""),
-                ("WSBEAT_ONCE", ""),
-            ],
+            &[("WSBEAT_CA_FILE", ""), ("WSBEAT_PING_INTERVAL", "")],
         )
         .unwrap();
         assert_eq!(config, run(&[URL]));
+        // ...except a switch's, which must be one of the six words.
+        let err = run_with(&[URL], &[("WSBEAT_ONCE", "")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "WSBEAT_ONCE: invalid value '' (use 1, true, yes or 0, false, no)"
+        );
         // A bad variable is not an error when the command line overrides it.
         assert!(
             run_with(

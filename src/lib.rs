@@ -129,7 +129,9 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
             None
         }
     };
-    if config.target.tls {
+    // Also for a client certificate on ws://: checking the pair builds a TLS context,
+    // which would otherwise parse the whole system CA bundle.
+    if config.target.tls || config.client_cert.is_some() {
         tls::prefer_hashed_system_roots();
     }
     limit_malloc_arenas();

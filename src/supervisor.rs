@@ -28,7 +28,7 @@ use crate::reader::{Reader, SharedSocket};
 use crate::sd_notify::{Notifier, Notify};
 use crate::status_file::{State, Status, StatusFile};
 use crate::tls::{Connector, TlsFiles};
-use crate::transport::{self, Connection, Dial};
+use crate::transport::{self, Abort, Connection, Dial};
 
 /// Identifies one connection attempt; every event carries it, so a late event
 /// from a connection already torn down is recognised and ignored.
@@ -38,8 +38,11 @@ pub type ConnId = u64;
 const SEND_WINDOW: usize = 8;
 /// With the heartbeat off, a connection this old counts as proven alive.
 const QUIET_PROOF: Duration = Duration::from_secs(10);
-/// How long a shutdown waits for the server's Close.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// From SIGTERM/SIGINT to exit: the contract's "wait at most 2 s for the server's
+/// Close", less a margin for joining the threads afterwards.
+const STOP_BUDGET: Duration = Duration::from_millis(1800);
+/// How long any other ending waits for abandoned connect threads (stuck in DNS).
+const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// Slack past `--connect-timeout` before a connect thread stuck in DNS is abandoned.
 const CONNECT_SLACK: Duration = Duration::from_secs(1);
 /// Stack for per-connection threads; they hold little, and 32-bit boards have little address space.
@@ -169,11 +172,17 @@ struct Active {
     quiet_proven: bool,
 }
 
+/// A connect thread and the handle that cuts its handshakes short.
+struct Attempt {
+    thread: JoinHandle<()>,
+    abort: Arc<Abort>,
+}
+
 enum Phase {
     Connecting {
         conn: ConnId,
         give_up_at: Instant,
-        thread: JoinHandle<()>,
+        attempt: Attempt,
     },
     Connected(Box<Active>),
     Backoff {
@@ -205,8 +214,11 @@ pub struct Supervisor {
     queue: VecDeque<String>,
     in_flight: usize,
     stopping: bool,
-    /// Connect threads abandoned past their deadline (stuck in DNS); joined once finished.
-    stragglers: Vec<JoinHandle<()>>,
+    /// Set by SIGTERM/SIGINT: when the process must be on its way out.
+    stop_by: Option<Instant>,
+    /// Connect attempts abandoned (past their deadline, or by a stop or reload) and
+    /// aborted; joined once finished.
+    stragglers: Vec<Attempt>,
 }
 
 impl Supervisor {
@@ -252,6 +264,7 @@ impl Supervisor {
             queue: VecDeque::new(),
             in_flight: 0,
             stopping: false,
+            stop_by: None,
             stragglers: Vec::new(),
         })
     }
@@ -279,7 +292,9 @@ impl Supervisor {
         if let Some(interval) = self.systemd.watchdog {
             self.next_watchdog = Some(Instant::now() + interval);
         }
-        self.start_connect(Instant::now());
+        if let Some(ending) = self.start_connect(Instant::now()) {
+            return self.finish(ending);
+        }
         loop {
             let now = Instant::now();
             if let Some(ending) = self.on_time(now) {
@@ -370,13 +385,13 @@ impl Supervisor {
                 if self.stopping {
                     return Some(Ending::Stopped);
                 }
-                self.start_connect(now);
+                return self.start_connect(now);
             }
             Phase::Connecting { give_up_at, .. } if now >= *give_up_at => {
-                let Phase::Connecting { thread, .. } = self.replace_phase(now) else {
+                let Phase::Connecting { attempt, .. } = self.replace_phase(now) else {
                     unreachable!("matched above")
                 };
-                self.stragglers.push(thread);
+                self.abandon(attempt);
                 return self.connect_failed(ConnectError::Timeout(Stage::Resolve), now);
             }
             Phase::Connected(active) => {
@@ -442,10 +457,7 @@ impl Supervisor {
                 log::debug!("stdin closed; the connection stays up");
                 None
             }
-            Event::Reload => {
-                self.reload(now);
-                None
-            }
+            Event::Reload => self.reload(now),
             Event::Terminate => self.terminate(now),
         }
     }
@@ -461,7 +473,9 @@ impl Supervisor {
         std::mem::replace(&mut self.phase, Phase::Backoff { until: now })
     }
 
-    fn start_connect(&mut self, now: Instant) {
+    /// Starts an attempt; an attempt that fails before it starts counts as a failed
+    /// one, so `--once` and `--max-retries` end the run from here too.
+    fn start_connect(&mut self, now: Instant) -> Option<Ending> {
         self.reap_stragglers();
         if let Some(path) = &self.config.header_file {
             // Re-read on every attempt so a rotated token is used without a restart.
@@ -475,8 +489,7 @@ impl Supervisor {
                 Ok(connector) => self.connector = Some(connector),
                 Err(err) => {
                     self.phase = Phase::Backoff { until: now };
-                    self.connect_failed(ConnectError::Tls(err), now);
-                    return;
+                    return self.connect_failed(ConnectError::Tls(err), now);
                 }
             }
         }
@@ -496,6 +509,8 @@ impl Supervisor {
         // OpenSSL start-up) can take a second on a small board and is not the network's time.
         let deadline = Instant::now() + self.config.connect_timeout;
         let events = self.events.clone();
+        let abort = Arc::new(Abort::default());
+        let abort_handle = Arc::clone(&abort);
         let spawned = thread::Builder::new()
             .name("wsbeat-connect".into())
             .stack_size(THREAD_STACK)
@@ -508,7 +523,7 @@ impl Supervisor {
                     ws_config,
                     write_timeout,
                 };
-                let result = transport::connect(&dial, deadline).map(Box::new);
+                let result = transport::connect(&dial, deadline, &abort_handle).map(Box::new);
                 let _ = events.send(Event::Connected { conn, result });
             });
         match spawned {
@@ -521,22 +536,31 @@ impl Supervisor {
                 self.phase = Phase::Connecting {
                     conn,
                     give_up_at: deadline + CONNECT_SLACK,
-                    thread,
+                    attempt: Attempt { thread, abort },
                 };
                 self.set_state(State::Connecting, now);
+                None
             }
             Err(err) => {
                 self.phase = Phase::Backoff { until: now };
-                self.connect_failed(ConnectError::Tcp(err), now);
+                self.connect_failed(ConnectError::Tcp(err), now)
             }
         }
     }
 
+    /// Cuts an attempt short and keeps its thread to be joined when it has finished.
+    fn abandon(&mut self, attempt: Attempt) {
+        attempt.abort.abort();
+        self.stragglers.push(attempt);
+    }
+
     fn reap_stragglers(&mut self) {
-        let (done, running): (Vec<_>, Vec<_>) =
-            self.stragglers.drain(..).partition(|t| t.is_finished());
-        for thread in done {
-            let _ = thread.join();
+        let (done, running): (Vec<_>, Vec<_>) = self
+            .stragglers
+            .drain(..)
+            .partition(|a| a.thread.is_finished());
+        for attempt in done {
+            let _ = attempt.thread.join();
         }
         self.stragglers = running;
     }
@@ -553,10 +577,10 @@ impl Supervisor {
             self.reap_stragglers();
             return None;
         }
-        let Phase::Connecting { thread, .. } = self.replace_phase(now) else {
+        let Phase::Connecting { attempt, .. } = self.replace_phase(now) else {
             unreachable!("checked above")
         };
-        let _ = thread.join();
+        let _ = attempt.thread.join();
         match result {
             Ok(connection) => self.on_open(conn, *connection, now),
             Err(err) => self.connect_failed(err, now),
@@ -655,7 +679,8 @@ impl Supervisor {
         }));
         self.connects += 1;
         self.status.reconnects = self.connects.saturating_sub(1);
-        self.status.last_error = None;
+        // last_error stays: beside `state=connected` and `reconnects=N` it tells why the
+        // last reconnect happened (the contract's example shows exactly that).
         self.in_flight = 0;
         self.set_state(State::Connected, now);
         self.pump();
@@ -829,7 +854,7 @@ impl Supervisor {
         }
     }
 
-    fn reload(&mut self, now: Instant) {
+    fn reload(&mut self, now: Instant) -> Option<Ending> {
         log::info!("SIGHUP: re-reading files and reconnecting");
         match TlsFiles::load(&self.config) {
             Ok(files) => {
@@ -854,10 +879,10 @@ impl Supervisor {
                 self.phase = Phase::Connected(active);
                 self.teardown(true);
             }
-            Phase::Connecting { thread, .. } => self.stragglers.push(thread),
+            Phase::Connecting { attempt, .. } => self.abandon(attempt),
             Phase::Backoff { .. } => {}
         }
-        self.start_connect(now);
+        self.start_connect(now)
     }
 
     fn terminate(&mut self, now: Instant) -> Option<Ending> {
@@ -865,6 +890,8 @@ impl Supervisor {
             return None;
         }
         self.stopping = true;
+        let stop_by = now + STOP_BUDGET;
+        self.stop_by = Some(stop_by);
         self.notify(&[Notify::Stopping]);
         match &mut self.phase {
             Phase::Connected(active) => {
@@ -872,14 +899,14 @@ impl Supervisor {
                 let _ = active
                     .commands
                     .send(Command::Close(CloseCode::Away, "shutting down"));
-                active.closing_until = Some(now + CLOSE_GRACE);
+                active.closing_until = Some(stop_by);
                 None
             }
             Phase::Connecting { .. } => {
-                let Phase::Connecting { thread, .. } = self.replace_phase(now) else {
+                let Phase::Connecting { attempt, .. } = self.replace_phase(now) else {
                     unreachable!("matched above")
                 };
-                self.stragglers.push(thread);
+                self.abandon(attempt);
                 Some(Ending::Stopped)
             }
             Phase::Backoff { .. } => Some(Ending::Stopped),
@@ -895,10 +922,10 @@ impl Supervisor {
             self.status.last_error = Some(reason.clone());
         }
         self.set_state(State::Stopped, Instant::now());
-        // A connect thread stuck in DNS cannot be interrupted; it reports when done,
-        // and gets a bounded wait before the process leaves it behind.
-        let give_up = Instant::now() + CLOSE_GRACE;
-        while self.stragglers.iter().any(|t| !t.is_finished()) {
+        // Aborted attempts end at once; one stuck in DNS or in the TCP connect cannot be
+        // interrupted and gets a bounded wait before the process leaves it behind.
+        let give_up = self.stop_by.unwrap_or_else(|| Instant::now() + LEAVE_GRACE);
+        while self.stragglers.iter().any(|a| !a.thread.is_finished()) {
             let left = give_up.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;

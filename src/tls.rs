@@ -193,11 +193,21 @@ fn read_identity(cert: &Path, key: &Path) -> Result<Identity, ConfigError> {
             message: "no PKCS#8 private key found (expected BEGIN PRIVATE KEY; convert with `openssl pkcs8 -topk8 -nocrypt`)".into(),
         });
     }
-    Identity::from_pkcs8(&cert_pem, &key_pem).map_err(|err| ConfigError {
+    let error = |err: native_tls::Error| ConfigError {
         path: key.to_path_buf(),
         flag: "--client-key",
         message: format!("does not match --client-cert or is invalid: {err}"),
-    })
+    };
+    let identity = Identity::from_pkcs8(&cert_pem, &key_pem).map_err(error)?;
+    // from_pkcs8 parses the two files but does not compare them; OpenSSL does when a
+    // context takes the pair. Without this a mismatch would surface only at every
+    // wss:// connect, as a network failure retried forever instead of exit 78.
+    TlsConnector::builder()
+        .identity(identity.clone())
+        .disable_built_in_roots(true)
+        .build()
+        .map_err(error)?;
+    Ok(identity)
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! time left, and an interrupted step is resumed until the deadline passes.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[cfg(feature = "tls")]
@@ -86,13 +87,74 @@ pub struct Dial<'a> {
     pub write_timeout: Duration,
 }
 
-/// Opens and upgrades a connection before `deadline`.
-pub fn connect(dial: &Dial<'_>, deadline: Instant) -> Result<Connection, ConnectError> {
+/// Lets the supervisor cut short an attempt it no longer wants (stop, reload): once the
+/// TCP socket exists, shutting it down fails the TLS handshake or upgrade at once, so
+/// the attempt's thread ends and is joined instead of running on to its deadline.
+/// DNS and the TCP connect itself cannot be cut short; they end by the deadline.
+#[derive(Default)]
+pub struct Abort(Mutex<AbortState>);
+
+#[derive(Default)]
+struct AbortState {
+    aborted: bool,
+    /// The attempt's socket while its handshakes run.
+    socket: Option<TcpStream>,
+}
+
+impl Abort {
+    /// Ends the attempt's I/O now, or makes it stop as soon as its socket exists.
+    pub fn abort(&self) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state.aborted = true;
+        if let Some(socket) = state.socket.take() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn watch(&self, socket: &TcpStream) -> Result<(), ConnectError> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.aborted {
+            return Err(ConnectError::Tcp(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "attempt abandoned",
+            )));
+        }
+        state.socket = Some(socket.try_clone().map_err(ConnectError::Tcp)?);
+        Ok(())
+    }
+
+    /// The handshakes are over: the descriptor kept for [`Abort::abort`] is not needed.
+    fn release(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .socket
+            .take();
+    }
+}
+
+/// Opens and upgrades a connection before `deadline`, unless `abort` says stop first.
+pub fn connect(
+    dial: &Dial<'_>,
+    deadline: Instant,
+    abort: &Abort,
+) -> Result<Connection, ConnectError> {
+    let result = connect_watched(dial, deadline, abort);
+    abort.release();
+    result
+}
+
+fn connect_watched(
+    dial: &Dial<'_>,
+    deadline: Instant,
+    abort: &Abort,
+) -> Result<Connection, ConnectError> {
     let addrs = resolve(dial.target)?;
     if Instant::now() >= deadline {
         return Err(ConnectError::Timeout(Stage::Resolve));
     }
     let tcp = connect_tcp(&addrs, deadline)?;
+    abort.watch(&tcp)?;
     let control = tcp.try_clone().map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
     let stream = match dial.tls {
@@ -270,7 +332,7 @@ fn classify(err: tungstenite::Error) -> ConnectError {
     }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date (IMF-fixdate), relative to `now`.
+/// `Retry-After` as delay-seconds or an HTTP-date, relative to `now`.
 /// A date in the past means "now"; anything unparseable is ignored.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -282,20 +344,40 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(Duration::from_secs(at.saturating_sub(now)))
 }
 
-/// Seconds since the epoch of an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// Seconds since the epoch of an HTTP-date in any of the three forms RFC 9110 §5.6.7
+/// requires a recipient to accept:
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (IMF-fixdate), `Sunday, 06-Nov-94 08:49:37 GMT`
+/// (obsolete RFC 850) and `Sun Nov  6 08:49:37 1994` (obsolete asctime).
 fn parse_http_date(value: &str) -> Option<u64> {
-    let mut parts = value.split_ascii_whitespace();
-    let _weekday = parts.next()?.strip_suffix(',')?;
-    let day: u64 = parts.next()?.parse().ok()?;
+    let parts: Vec<&str> = value.split_ascii_whitespace().collect();
+    let (day, month, year, clock): (u64, &str, u64, &str) = match parts.as_slice() {
+        [weekday, day, month, year, clock, "GMT"] if weekday.ends_with(',') => {
+            (day.parse().ok()?, *month, year.parse().ok()?, *clock)
+        }
+        [weekday, date, clock, "GMT"] if weekday.ends_with(',') => {
+            let mut fields = date.split('-');
+            let (day, month, year) = (fields.next()?, fields.next()?, fields.next()?);
+            if fields.next().is_some() || year.len() != 2 {
+                return None;
+            }
+            // Two-digit years: the pivot RFC 9110 asks for ("more than 50 years in the
+            // future" means the past century) gives the same answer as 70 until 2046.
+            let year: u64 = year.parse().ok()?;
+            let year = if year < 70 { 2000 + year } else { 1900 + year };
+            (day.parse().ok()?, month, year, *clock)
+        }
+        [_weekday, month, day, clock, year] => {
+            (day.parse().ok()?, *month, year.parse().ok()?, *clock)
+        }
+        _ => return None,
+    };
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let month_name = parts.next()?;
-    let month = MONTHS.iter().position(|m| *m == month_name)? as u64 + 1;
-    let year: u64 = parts.next()?.parse().ok()?;
-    let mut clock = parts.next()?.split(':').map(|n| n.parse::<u64>().ok());
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let mut clock = clock.split(':').map(|n| n.parse::<u64>().ok());
     let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if parts.next()? != "GMT" || parts.next().is_some() || clock.next().is_some() {
+    if clock.next().is_some() {
         return None;
     }
     if !(1..=31).contains(&day)
@@ -357,5 +439,21 @@ mod tests {
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 UTC"), None);
         assert_eq!(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"), None);
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49 GMT"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37:01 GMT"), None);
+    }
+
+    #[test]
+    fn retry_after_obsolete_http_dates() {
+        let fixdate = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(fixdate, Some(784_111_777));
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), fixdate);
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), fixdate);
+        assert_eq!(
+            parse_http_date("Thursday, 26-Nov-26 12:00:00 GMT"),
+            Some(1_795_694_400)
+        );
+        assert_eq!(parse_http_date("Sunday, 06-Nov-1994 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 UTC"), None);
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37"), None);
     }
 }

@@ -226,6 +226,23 @@ fn unreadable_or_invalid_files_exit_78_naming_the_file() {
                 file,
             );
         }
+        // A valid key that belongs to another certificate: caught at start-up too, not at
+        // every wss:// connect as a network failure retried forever.
+        let other = crate::util::tls::Pki::new();
+        let out = config_error(
+            Wsbeat::new()
+                .arg(&scheme_url)
+                .arg("--client-cert")
+                .arg(&pki.client_cert_file)
+                .arg("--client-key")
+                .arg(&other.client_key_file),
+            &other.client_key_file,
+        );
+        assert!(
+            out.stderr.contains("does not match --client-cert"),
+            "{}",
+            out.dump()
+        );
         // Header file: missing, and a line that is not `Name: value`.
         let bad_headers = dir.write("headers", "X-Ok: 1\nthis line has no colon\n");
         for file in [&gone, &bad_headers] {

@@ -325,6 +325,60 @@ fn sigterm_during_backoff_exits_0_at_once() {
     assert!(sent.elapsed() < scaled(ms(1500)));
 }
 
+/// Stopping during a handshake that never completes (TLS or upgrade) cuts the attempt
+/// short: exit 0 within the contract's 2 s, not at --connect-timeout.
+#[test]
+fn sigterm_during_a_stalled_handshake_exits_0_within_2s() {
+    let stalled_tls = Server::start(Behavior::stall());
+    let stalled_upgrade = Server::start(Behavior::stall_upgrade());
+    for (server, url) in [
+        (
+            &stalled_tls,
+            format!("wss://127.0.0.1:{}/", stalled_tls.port()),
+        ),
+        (&stalled_upgrade, stalled_upgrade.url()),
+    ] {
+        let mut wsbeat = Wsbeat::new()
+            .args(["--connect-timeout", "60s"])
+            .arg(&url)
+            .spawn();
+        server.expect(WAIT(), "the TCP connection", |e| e.is_accepted());
+        let sent = Instant::now();
+        wsbeat.signal(libc::SIGTERM);
+        let code = wsbeat.wait_exit(scaled(ms(2000)));
+        let took = sent.elapsed();
+        assert_eq!(
+            code,
+            Some(0),
+            "{url}: exit code\n{}",
+            wsbeat.output().dump()
+        );
+        assert!(took < scaled(ms(2000)), "{url}: took {took:?} to stop");
+    }
+}
+
+/// SIGHUP during a stalled handshake drops that attempt (the server sees it go) and
+/// starts a new one at once, instead of leaving it to run to --connect-timeout.
+#[test]
+fn sighup_during_a_stalled_handshake_starts_over() {
+    let server = Server::start(Behavior::stall_upgrade());
+    let mut wsbeat = Wsbeat::new()
+        .args(["--connect-timeout", "60s"])
+        .arg(server.url())
+        .spawn();
+    server.expect(WAIT(), "the first connection", |e| e.is_accepted());
+    wsbeat.signal(libc::SIGHUP);
+    server.expect(WAIT(), "the first connection dropped", |e| {
+        e.conn == 0 && matches!(e.kind, Kind::Disconnected)
+    });
+    server.expect(WAIT(), "a second connection", |e| {
+        e.conn == 1 && e.is_accepted()
+    });
+    assert!(wsbeat.is_running(), "{}", wsbeat.output().dump());
+    wsbeat.signal(libc::SIGTERM);
+    assert_eq!(wsbeat.wait_exit(WAIT()), Some(0));
+}
+
 /// SIGHUP: close with 1000, reconnect at once (no backoff wait), and the new handshake
 /// carries the header from the rewritten --header-file. Header values never reach the log.
 #[test]
@@ -686,6 +740,40 @@ fn status_file_reports_the_last_error() {
     assert!(failing["rtt_ms"].is_empty(), "{failing:?}");
     let text = std::fs::read_to_string(&path).expect("read status");
     assert_eq!(text.lines().count(), 7, "{text:?}");
+    wsbeat.signal(libc::SIGTERM);
+    assert_eq!(wsbeat.wait_exit(WAIT()), Some(0));
+}
+
+/// Once connected again, the file still says why the last reconnect happened.
+#[test]
+fn status_file_keeps_the_last_error_after_a_reconnect() {
+    let dir = TempDir::new();
+    let path = dir.join("status");
+    let server = Server::start_with(|n| {
+        if n == 0 {
+            Behavior::echo().close_after(Duration::from_millis(100), 1011, "going away now")
+        } else {
+            Behavior::echo()
+        }
+    });
+    let mut wsbeat = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .arg("--status-file")
+        .arg(&path)
+        .spawn();
+    let again = poll_until(WAIT(), || {
+        let s = sourced_status_if_present(&path)?;
+        (s["state"] == "connected" && s["reconnects"] == "1").then_some(s)
+    });
+    let again = again.unwrap_or_else(|| {
+        panic!(
+            "no reconnect
+{}",
+            wsbeat.output().dump()
+        )
+    });
+    assert!(again["last_error"].contains("1011"), "{again:?}");
     wsbeat.signal(libc::SIGTERM);
     assert_eq!(wsbeat.wait_exit(WAIT()), Some(0));
 }
