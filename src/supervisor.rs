@@ -41,6 +41,8 @@ const QUIET_PROOF: Duration = Duration::from_secs(10);
 /// From SIGTERM/SIGINT to exit: the contract's "wait at most 2 s for the server's
 /// Close", less a margin for joining the threads afterwards.
 const STOP_BUDGET: Duration = Duration::from_millis(1800);
+/// Bound on writing the Close of a SIGHUP reload.
+const RELOAD_CLOSE_WRITE: Duration = Duration::from_millis(500);
 /// How long any other ending waits for abandoned connect threads (stuck in DNS).
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// Slack past `--connect-timeout` before a connect thread stuck in DNS is abandoned.
@@ -873,11 +875,20 @@ impl Supervisor {
         self.failures_in_row = 0;
         match self.replace_phase(now) {
             Phase::Connected(active) => {
-                let _ = active
-                    .commands
-                    .send(Command::Close(CloseCode::Normal, "reload"));
+                // The teardown waits for the Close to be written, and the supervisor serves
+                // nothing meanwhile (watchdog included). With lines still being written the
+                // peer may have stopped reading and the Close would queue behind them for
+                // up to --pong-timeout: cut the connection instead (unsent lines are kept).
+                // Otherwise a full socket gets RELOAD_CLOSE_WRITE for the Close.
+                let graceful = self.in_flight == 0;
+                if graceful {
+                    let _ = active.tcp.set_write_timeout(Some(RELOAD_CLOSE_WRITE));
+                    let _ = active
+                        .commands
+                        .send(Command::Close(CloseCode::Normal, "reload"));
+                }
                 self.phase = Phase::Connected(active);
-                self.teardown(true);
+                self.teardown(graceful);
             }
             Phase::Connecting { attempt, .. } => self.abandon(attempt),
             Phase::Backoff { .. } => {}

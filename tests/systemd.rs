@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Kind, Server};
 use crate::util::{TempDir, WAIT, Wsbeat, clean_command, free_port, ms, poll_until, scaled};
 
@@ -377,6 +379,51 @@ fn sighup_during_a_stalled_handshake_starts_over() {
     assert!(wsbeat.is_running(), "{}", wsbeat.output().dump());
     wsbeat.signal(libc::SIGTERM);
     assert_eq!(wsbeat.wait_exit(WAIT()), Some(0));
+}
+
+/// SIGHUP while the peer has stopped reading and lines are still being written: the
+/// reconnect starts at once, not after the blocked write's --pong-timeout.
+#[test]
+fn sighup_with_a_peer_that_stopped_reading_reconnects_at_once() {
+    let server = Server::start(Behavior::default());
+    let proxy = Proxy::start(server.addr());
+    let mut wsbeat = Wsbeat::new()
+        .args(["--ping-interval", "60s", "--pong-timeout", "60s"])
+        .args(["--queue-size", "10"])
+        .arg(proxy.url())
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    proxy.set_mode(Mode::StopReadingClient);
+    let mut stdin = wsbeat.take_stdin().expect("stdin");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_writer = Arc::clone(&stop);
+    let writer = thread::spawn(move || {
+        let line = format!("{}\n", "x".repeat(16 * 1024));
+        while !stop_writer.load(Ordering::Relaxed) {
+            if stdin.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    // Lines pile up in the queue only once the socket no longer takes them.
+    let blocked = poll_until(WAIT(), || {
+        wsbeat.output().stderr.contains("queue full").then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        blocked.is_some(),
+        "writes never blocked\n{}",
+        wsbeat.output().dump()
+    );
+    wsbeat.signal(libc::SIGHUP);
+    assert!(
+        proxy.wait_accepted(2, WAIT()),
+        "no reconnect after SIGHUP\n{}",
+        wsbeat.output().dump()
+    );
+    assert!(wsbeat.is_running());
+    wsbeat.kill();
+    let _ = writer.join();
 }
 
 /// SIGHUP: close with 1000, reconnect at once (no backoff wait), and the new handshake
