@@ -3,10 +3,11 @@
 //! # Lock discipline
 //! The WebSocket sits behind one mutex in [`SharedSocket`]. The reader never holds
 //! it while waiting for data: it blocks in `peek` on a clone of the TCP socket
-//! (outside the lock) until bytes or EOF arrive, then takes the lock, switches the
-//! socket to non-blocking and drains messages until `WouldBlock`, so bytes already
-//! buffered inside TLS or tungstenite are never stranded. After each server Ping it
-//! flushes before unlocking, because tungstenite only queues the Pong.
+//! (outside the lock) until bytes or EOF arrive, then takes the lock and drains
+//! messages with non-blocking reads (`MSG_DONTWAIT`, see [`Stream::set_draining`])
+//! until `WouldBlock`, so bytes already buffered inside TLS or tungstenite are never
+//! stranded. After each server Ping it flushes at once, because tungstenite only
+//! queues the Pong; writes stay blocking, bounded by the socket's write timeout.
 //!
 //! `std::sync::Mutex` is not fair, so a reader under a message flood could keep
 //! re-taking the lock and starve the heartbeat. Writers therefore announce
@@ -176,9 +177,7 @@ impl Reader {
         proofs: &mut Vec<(Proof, Instant)>,
     ) -> (bool, Option<Ending>) {
         let mut ws = self.socket.lock_for_read();
-        if let Err(err) = self.wait_on.set_nonblocking(true) {
-            return (true, Some(Ending::Dead(format!("read: {err}"))));
-        }
+        ws.get_mut().set_draining(true);
         let mut drained = false;
         let mut ending = None;
         let mut other_at = None;
@@ -240,11 +239,9 @@ impl Reader {
         if let Some(at) = other_at {
             proofs.push((Proof::Other, at));
         }
-        if let Err(err) = self.wait_on.set_nonblocking(false) {
-            ending.get_or_insert(Ending::Dead(format!("read: {err}")));
-        }
-        // Whatever the non-blocking pass could not write (a Pong, our Close reply, a 1009
-        // Close) goes out now, bounded by the write timeout. Errors surface on the next read.
+        ws.get_mut().set_draining(false);
+        // Whatever tungstenite still holds (a Pong, our Close reply, a 1009 Close) goes
+        // out now, bounded by the write timeout. Errors surface on the next read.
         let _ = ws.flush();
         (drained, ending)
     }

@@ -9,6 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,19 +25,87 @@ use crate::config::Target;
 use crate::error::{ConnectError, Stage};
 use crate::tls::Connector;
 
+/// The TCP socket under the WebSocket (and under TLS). It stays blocking; while the
+/// reader drains, each read is made non-blocking on its own (`MSG_DONTWAIT`) instead of
+/// toggling `O_NONBLOCK`, a flag shared with every clone of the socket, with two
+/// syscalls per wake-up.
+pub struct Socket {
+    tcp: TcpStream,
+    draining: bool,
+}
+
+impl Socket {
+    fn new(tcp: TcpStream) -> Socket {
+        Socket {
+            tcp,
+            draining: false,
+        }
+    }
+}
+
+impl Read for Socket {
+    #[allow(unsafe_code)]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.draining {
+            return self.tcp.read(buf);
+        }
+        loop {
+            // SAFETY: the pointer and length describe `buf`, writable for its whole
+            // length; the descriptor is owned by `self.tcp` and open.
+            let n = unsafe {
+                libc::recv(
+                    self.tcp.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if let Ok(n) = usize::try_from(n) {
+                return Ok(n);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 /// A plain or TLS TCP stream.
 pub enum Stream {
     /// `ws://`
-    Plain(TcpStream),
+    Plain(Socket),
     /// `wss://`
     #[cfg(feature = "tls")]
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Socket>>),
+}
+
+impl Stream {
+    /// Reads return `WouldBlock` instead of waiting while `on`; writes still block
+    /// (bounded by the write timeout).
+    pub fn set_draining(&mut self, on: bool) {
+        match self {
+            Stream::Plain(socket) => socket.draining = on,
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.get_mut().draining = on,
+        }
+    }
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Plain(socket) => socket.read(buf),
             #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.read(buf),
         }
@@ -46,7 +115,7 @@ impl Read for Stream {
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Plain(socket) => socket.write(buf),
             #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.write(buf),
         }
@@ -54,7 +123,7 @@ impl Write for Stream {
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Plain(socket) => socket.flush(),
             #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.flush(),
         }
@@ -168,7 +237,7 @@ fn connect_watched(
         )?)),
         #[cfg(not(feature = "tls"))]
         Some(connector) => match *connector {},
-        None => Stream::Plain(tcp),
+        None => Stream::Plain(Socket::new(tcp)),
     };
     let (ws, subprotocol) = upgrade(dial, stream, &control, deadline)?;
     control.set_read_timeout(None).map_err(ConnectError::Tcp)?;
@@ -237,9 +306,9 @@ fn handshake_tls(
     tcp: TcpStream,
     control: &TcpStream,
     deadline: Instant,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<TlsStream<Socket>, ConnectError> {
     set_timeouts(control, deadline, Stage::Tls)?;
-    let mut attempt = connector.connect(host, tcp);
+    let mut attempt = connector.connect(host, Socket::new(tcp));
     loop {
         match attempt {
             Ok(stream) => return Ok(stream),
