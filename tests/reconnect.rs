@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Event, Kind, Server};
@@ -280,4 +281,76 @@ fn no_fd_or_thread_growth_over_50_reconnects() {
         }
         proxy.cut();
     }
+}
+
+/// Rejections before the proven connection, then `checks` quick rejections after it.
+const GROW: usize = 8;
+const CHECKS: usize = 6;
+
+/// Waits for the TCP accept of connection `conn`, at most `within` after `since`; its time.
+fn accept_within(server: &Server, conn: usize, since: Instant, within: Duration) -> Instant {
+    let left = (since + within).saturating_duration_since(Instant::now());
+    let e = server.wait_for(left, |e| e.conn == conn && e.is_accepted());
+    match e {
+        Some(e) if e.at - since <= within => e.at,
+        _ => panic!(
+            "attempt {conn} not within {within:?}: backoff not reset?\n{}",
+            server.dump()
+        ),
+    }
+}
+
+/// After `GROW` failed attempts, connection `GROW` is accepted and kept up by `proof`;
+/// once the client counts it as alive the test drops it, and the next `CHECKS` attempts
+/// (all rejected) must each follow the previous within a short bound.
+///
+/// With `--backoff-initial 10ms` the caps after a reset are 10, 20, ... 320 ms, so with the
+/// reset every gap is at most 320 ms + scheduling (slack 500 ms, scaled): no chance is
+/// involved. Without the reset the caps are 2.56 s, 5.12 s, ... 81.92 s, and all six gaps
+/// falling under 820 ms has probability 0.82^6 / (2.56 * 5.12 * 10.24 * 20.48 * 40.96 *
+/// 81.92) < 4e-7. Growing takes at most 10 + 20 + ... + 1280 ms = 2.55 s.
+fn backoff_resets_after(extra: &[&str], proof: impl FnOnce(&Server, Instant)) {
+    let server = Server::start_with(|n| {
+        if n == GROW {
+            Behavior::default()
+        } else {
+            Behavior::reject(500, &[])
+        }
+    });
+    let _c = Wsbeat::new()
+        .arg(server.url())
+        .args(["--backoff-initial", "10ms", "--backoff-max", "10m"])
+        .args(extra)
+        .spawn();
+    let up = server.expect_upgrades(WAIT() + scaled(ms(2550)), 1);
+    assert_eq!(up.conn, GROW);
+    proof(&server, up.at);
+    let mut since = Instant::now();
+    server.drop_conn(GROW);
+    for conn in GROW + 1..=GROW + CHECKS {
+        since = accept_within(&server, conn, since, ms(320) + scaled(ms(500)));
+    }
+}
+
+/// A connection whose heartbeat was answered resets the backoff: reconnects are quick again.
+#[test]
+fn backoff_resets_once_a_heartbeat_is_answered() {
+    backoff_resets_after(&["--ping-interval", "200ms"], |server, _| {
+        // The client's second Ping comes a ping interval after the first was answered.
+        server.expect_count(WAIT(), 2, "2 heartbeats", |e| e.conn == GROW && e.is_ping());
+    });
+}
+
+/// With the heartbeat off, a connection up for 10 s resets the backoff.
+#[test]
+fn backoff_resets_after_10s_up_without_heartbeat() {
+    backoff_resets_after(&["--ping-interval", "0"], |server, upgraded| {
+        // Nothing to wait on: the connection must simply stay up past 10 s (+ slack).
+        let proven_by = upgraded + Duration::from_secs(10) + scaled(ms(1000));
+        let left = proven_by.saturating_duration_since(Instant::now());
+        let gone = server.wait_for(left, |e| {
+            e.conn == GROW && matches!(e.kind, Kind::Disconnected)
+        });
+        assert!(gone.is_none(), "connection lost\n{}", server.dump());
+    });
 }

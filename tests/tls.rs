@@ -4,7 +4,10 @@
 
 use crate::util::server::{Behavior, Kind, Server};
 use crate::util::tls::Pki;
-use crate::util::{TempDir, WAIT, Wsbeat};
+use std::time::Instant;
+
+use crate::util::server::Event;
+use crate::util::{TempDir, WAIT, Wsbeat, ms, poll_until, scaled};
 
 #[test]
 fn wss_with_ca_file() {
@@ -130,4 +133,57 @@ fn headers_header_file_and_subprotocols_reach_the_server() {
         "secret logged\n{}",
         out.dump()
     );
+}
+
+/// SIGHUP re-reads --ca-file: after fixing the file, a signal (not a restart) gets connected.
+#[test]
+fn sighup_rereads_the_ca_file() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let dir = TempDir::new();
+    let ca = dir.write("ca.pem", std::fs::read(&other.ca_file).unwrap());
+    let server = Server::start_tls(Behavior::default(), &pki, false);
+    // A 1 h backoff: a retry that did not come from the SIGHUP would miss the bound below
+    // (chance of a retry drawn under 3 s: below 1e-3).
+    let mut c = Wsbeat::new()
+        .arg(server.url())
+        .args(["--ping-interval", "200ms"])
+        .args(["--backoff-initial", "1h", "--backoff-max", "1h"])
+        .arg("--ca-file")
+        .arg(&ca)
+        .spawn();
+    server.expect(WAIT(), "the TLS handshake with the wrong CA to fail", |e| {
+        e.conn == 0 && matches!(e.kind, Kind::Disconnected)
+    });
+    assert_eq!(server.upgrades(), 0, "certificate of another CA accepted");
+
+    std::fs::copy(&pki.ca_file, &ca).expect("install the right CA");
+    let sent = Instant::now();
+    c.signal(libc::SIGHUP);
+    let up = server.expect_upgrades(scaled(ms(3000)), 1);
+    assert!(up.at - sent < scaled(ms(3000)), "took {:?}", up.at - sent);
+    assert!(c.is_running());
+}
+
+/// --insecure logs its warning at every connect, not only at start-up.
+#[test]
+fn insecure_warns_at_every_connect() {
+    const WARNING: &str = "--insecure: the server's certificate is not verified";
+    let pki = Pki::new();
+    let server = Server::start_tls(
+        Behavior::default().close_after(ms(50), 1000, "again"),
+        &pki,
+        false,
+    );
+    let mut c = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .arg("--insecure")
+        .spawn();
+    server.expect_count(WAIT(), 3, "3 upgrades", Event::is_upgraded);
+    let warned = poll_until(WAIT(), || {
+        let n = c.output().stderr.matches(WARNING).count();
+        (n >= 3).then_some(n)
+    });
+    assert!(warned.is_some(), "{}", c.output().dump());
 }
