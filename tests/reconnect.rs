@@ -283,7 +283,7 @@ fn no_fd_or_thread_growth_over_50_reconnects() {
     }
 }
 
-/// Rejections before the proven connection, then `checks` quick rejections after it.
+/// Rejections before the proven connection, then `CHECKS` quick rejections after it.
 const GROW: usize = 8;
 const CHECKS: usize = 6;
 
@@ -308,7 +308,8 @@ fn accept_within(server: &Server, conn: usize, since: Instant, within: Duration)
 /// reset every gap is at most 320 ms + scheduling (slack 500 ms, scaled): no chance is
 /// involved. Without the reset the caps are 2.56 s, 5.12 s, ... 81.92 s, and all six gaps
 /// falling under 820 ms has probability 0.82^6 / (2.56 * 5.12 * 10.24 * 20.48 * 40.96 *
-/// 81.92) < 4e-7. Growing takes at most 10 + 20 + ... + 1280 ms = 2.55 s.
+/// 81.92) < 4e-8 (< 1e-4 at time scale 5). Growing takes at most 10 + 20 + ... + 1280 ms =
+/// 2.55 s, so no draw can make a working client miss a bound either.
 fn backoff_resets_after(extra: &[&str], proof: impl FnOnce(&Server, Instant)) {
     let server = Server::start_with(|n| {
         if n == GROW {
