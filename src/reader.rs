@@ -204,6 +204,15 @@ impl Reader {
                     ending = Some(Ending::Dead("connection closed by server".into()));
                     break;
                 }
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => {
+                    // A server restart or a proxy's idle cut: FIN without a Close frame.
+                    ending = Some(Ending::Dead(
+                        "server closed the TCP connection without a Close frame".into(),
+                    ));
+                    break;
+                }
                 Err(err) => {
                     ending = Some(Ending::Dead(format!("read: {err}")));
                     break;

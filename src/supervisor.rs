@@ -681,6 +681,9 @@ impl Supervisor {
         }));
         self.connects += 1;
         self.status.reconnects = self.connects.saturating_sub(1);
+        // --max-retries counts failed attempts in a row; this one succeeded. (The backoff
+        // counter resets only once the connection proves alive.)
+        self.failures_in_row = 0;
         // last_error stays: beside `state=connected` and `reconnects=N` it tells why the
         // last reconnect happened (the contract's example shows exactly that).
         self.in_flight = 0;

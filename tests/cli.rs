@@ -374,6 +374,29 @@ fn max_retries_gives_up_after_exactly_n_attempts() {
         .args(["--max-retries", "3"])
         .run(WAIT());
     assert_eq!(out.code, Some(1), "{}", out.dump());
+
+    // "In a row": an attempt that upgrades (even if the server then closes at once) breaks
+    // the row, so two failures, a success and three more failures make six attempts.
+    let server = Server::start_with(|n| {
+        if n == 2 {
+            Behavior::echo().close_after(ms(0), 1011, "bye")
+        } else {
+            Behavior::reject(500, &[])
+        }
+    });
+    let out = Wsbeat::new()
+        .arg(server.url())
+        .fast()
+        .args(["--max-retries", "3"])
+        .run(WAIT());
+    assert_eq!(out.code, Some(1), "{}", out.dump());
+    assert_eq!(server.upgrades(), 1, "{}", out.dump());
+    assert_eq!(
+        server.count(|e| e.is_accepted()),
+        6,
+        "attempts\n{}",
+        out.dump()
+    );
 }
 
 #[test]

@@ -68,6 +68,29 @@ fn server_close_is_answered_then_reconnects() {
     server.expect_upgrades(WAIT(), 2);
 }
 
+/// A server that drops TCP without a Close frame (a restart, a proxy's idle cut) is
+/// reconnected to, and the log says plainly what happened.
+#[test]
+fn server_drop_without_close_is_reported_and_reconnected() {
+    let server = Server::start_with(|n| {
+        if n == 0 {
+            Behavior::default().drop_after(ms(100))
+        } else {
+            Behavior::default()
+        }
+    });
+    let mut c = Wsbeat::new().arg(server.url()).fast().spawn();
+    server.expect_upgrades(WAIT(), 2);
+    let reported = poll_until(WAIT(), || {
+        let out = c.output();
+        out.stderr
+            .contains("server closed the TCP connection without a Close frame")
+            .then_some(())
+    });
+    assert!(reported.is_some(), "{}", c.output().dump());
+    assert!(c.is_running());
+}
+
 #[test]
 fn unauthorized_waits_between_half_and_full_backoff_max() {
     let server = Server::start_with(|n| {
