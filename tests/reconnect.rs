@@ -2,16 +2,12 @@
 //! (401, 500, 429/503 + Retry-After), connect timeouts (plain and TLS), a peer that stops
 //! reading, and no file descriptor or thread growth over many reconnects.
 
-use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Event, Kind, Server};
 use crate::util::tls::Pki;
-use crate::util::{WAIT, Wsbeat, ms, poll_until, scaled};
+use crate::util::{StdinFlood, WAIT, Wsbeat, ms, poll_until, scaled};
 
 fn accepted(server: &Server, n: usize) -> Vec<Event> {
     server.expect_count(WAIT(), n, &format!("{n} TCP accepts"), Event::is_accepted)
@@ -239,23 +235,13 @@ fn peer_that_stops_reading_cannot_freeze_the_client() {
         .spawn();
     server.expect_upgrades(WAIT(), 1);
     proxy.set_mode(Mode::StopReadingClient);
-    let mut stdin = c.take_stdin().expect("stdin");
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    let writer = thread::spawn(move || {
-        let line = format!("{}\n", "x".repeat(16 * 1024));
-        while !stop2.load(Ordering::Relaxed) {
-            if stdin.write_all(line.as_bytes()).is_err() {
-                break;
-            }
-        }
-    });
+    let flood = StdinFlood::start(c.take_stdin().expect("stdin"));
     // The heartbeat still detects the dead link although sends block.
     assert!(
         proxy.wait_accepted(2, WAIT()),
         "client froze on a full socket"
     );
-    stop.store(true, Ordering::Relaxed);
+    flood.stop();
     proxy.set_mode(Mode::Pass);
     let up = server.expect_upgrades(WAIT(), 2);
     server.expect(WAIT(), "a ping on the new connection", |e| {
@@ -263,7 +249,7 @@ fn peer_that_stops_reading_cannot_freeze_the_client() {
     });
     assert!(c.is_running());
     c.kill();
-    let _ = writer.join();
+    drop(flood);
 }
 
 #[test]

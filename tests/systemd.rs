@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -17,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Kind, Server};
-use crate::util::{TempDir, WAIT, Wsbeat, clean_command, free_port, ms, poll_until, scaled};
+use crate::util::{
+    StdinFlood, TempDir, WAIT, Wsbeat, clean_command, free_port, ms, poll_until, scaled,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -394,22 +395,12 @@ fn sighup_with_a_peer_that_stopped_reading_reconnects_at_once() {
         .spawn();
     server.expect_upgrades(WAIT(), 1);
     proxy.set_mode(Mode::StopReadingClient);
-    let mut stdin = wsbeat.take_stdin().expect("stdin");
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_writer = Arc::clone(&stop);
-    let writer = thread::spawn(move || {
-        let line = format!("{}\n", "x".repeat(16 * 1024));
-        while !stop_writer.load(Ordering::Relaxed) {
-            if stdin.write_all(line.as_bytes()).is_err() {
-                break;
-            }
-        }
-    });
+    let flood = StdinFlood::start(wsbeat.take_stdin().expect("stdin"));
     // Lines pile up in the queue only once the socket no longer takes them.
     let blocked = poll_until(WAIT(), || {
         wsbeat.output().stderr.contains("queue full").then_some(())
     });
-    stop.store(true, Ordering::Relaxed);
+    flood.stop();
     assert!(
         blocked.is_some(),
         "writes never blocked\n{}",
@@ -423,7 +414,7 @@ fn sighup_with_a_peer_that_stopped_reading_reconnects_at_once() {
     );
     assert!(wsbeat.is_running());
     wsbeat.kill();
-    let _ = writer.join();
+    drop(flood);
 }
 
 /// SIGHUP: close with 1000, reconnect at once (no backoff wait), and the new handshake

@@ -27,7 +27,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -594,6 +594,46 @@ impl Drop for Running {
                 self.started.elapsed(),
                 out.dump()
             );
+        }
+    }
+}
+
+/// Writes 16 KiB lines to a child's stdin on its own thread until stopped (or the pipe
+/// breaks): to fill a socket whose peer has stopped reading. Stops and joins on drop.
+pub struct StdinFlood {
+    stop: Arc<AtomicBool>,
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+impl StdinFlood {
+    pub fn start(mut stdin: ChildStdin) -> StdinFlood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_writer = Arc::clone(&stop);
+        let writer = thread::spawn(move || {
+            let line = format!("{}\n", "x".repeat(16 * 1024));
+            while !stop_writer.load(Ordering::Relaxed) {
+                if stdin.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        });
+        StdinFlood {
+            stop,
+            writer: Some(writer),
+        }
+    }
+
+    /// Stops writing; a write blocked on a full pipe ends when the child exits.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StdinFlood {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
     }
 }
