@@ -85,6 +85,7 @@ pub mod transport;
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use config::Config;
 use error::ConfigError;
@@ -100,8 +101,16 @@ impl Observer for StdoutLines {
             .write_all(text.as_bytes())
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.flush());
-        if let Err(err) = written {
-            log::debug!("stdout: {err}");
+        // A failing stdout does not stop the client: under systemd it is the journal's
+        // stream, which breaks when journald restarts, and the connection matters more
+        // than the copy of its messages. Said once, not per message.
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        match written {
+            Err(err) if !WARNED.swap(true, Ordering::Relaxed) => {
+                log::warn!("stdout: {err}; server messages are discarded while it fails");
+            }
+            Err(err) => log::debug!("stdout: {err}"),
+            Ok(()) => {}
         }
     }
 }

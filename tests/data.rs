@@ -2,9 +2,12 @@
 //! the queue while disconnected (order, drop-oldest), stdin EOF, binary messages, and
 //! `--max-message-size`.
 
+use std::fs::File;
+use std::process::Stdio;
+
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Kind, Msg, Server};
-use crate::util::{WAIT, Wsbeat, ms, scaled};
+use crate::util::{TempDir, WAIT, Wsbeat, clean_command, ms, scaled};
 
 #[test]
 fn stdin_lines_become_text_messages_in_order() {
@@ -133,6 +136,38 @@ fn stdin_eof_does_not_stop_the_client() {
     let up = server.expect_upgrades(WAIT(), 2);
     server.expect_count(WAIT(), 3, "3 pings", |e| e.is_ping() && e.conn == up.conn);
     assert!(c.is_running());
+}
+
+/// A stdout that breaks (the consumer went away, or journald restarted) does not stop
+/// the client: one warning, and the same connection stays up.
+#[test]
+fn broken_stdout_warns_once_and_keeps_the_connection() {
+    let server = Server::start(Behavior::default().send_every(ms(50), "tick"));
+    let dir = TempDir::new();
+    let log_path = dir.join("stderr");
+    let log = File::create(&log_path).expect("create log");
+    let mut child = clean_command()
+        .arg(server.url())
+        .args(["--ping-interval", "100ms", "--pong-timeout", "2s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn wsbeat");
+    drop(child.stdout.take());
+    let up = server.expect_upgrades(WAIT(), 1);
+    server.expect_count(WAIT(), 20, "20 pings", |e| e.is_ping() && e.conn == up.conn);
+    let running = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(running, "exited\n{log}");
+    assert_eq!(server.upgrades(), 1, "reconnected\n{log}");
+    assert_eq!(
+        log.matches("server messages are discarded").count(),
+        1,
+        "one warning expected\n{log}"
+    );
 }
 
 #[test]
