@@ -134,13 +134,7 @@ fn server_pings_are_answered_at_once_while_idle() {
 
 #[test]
 fn server_that_stops_reading_is_detected_and_replaced() {
-    let server = Server::start_with(|n| {
-        if n == 0 {
-            Behavior::silent()
-        } else {
-            Behavior::default()
-        }
-    });
+    let server = Server::start_first(Behavior::silent());
     let _c = Wsbeat::new().arg(server.url()).fast().spawn();
     let first = server.expect_upgrades(WAIT(), 1);
     let second = server.expect_upgrades(WAIT(), 2);
@@ -156,13 +150,7 @@ fn server_that_stops_reading_is_detected_and_replaced() {
 
 #[test]
 fn server_that_reads_but_never_pongs_is_detected() {
-    let server = Server::start_with(|n| {
-        if n == 0 {
-            Behavior::default().pongs(Pongs::Never)
-        } else {
-            Behavior::default()
-        }
-    });
+    let server = Server::start_first(Behavior::default().pongs(Pongs::Never));
     let _c = Wsbeat::new().arg(server.url()).fast().spawn();
     let first = server.expect_upgrades(WAIT(), 1);
     let second = server.expect_upgrades(WAIT(), 2);

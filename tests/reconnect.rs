@@ -40,13 +40,7 @@ fn half_open_link_is_detected_and_replaced() {
 
 #[test]
 fn server_close_is_answered_then_reconnects() {
-    let server = Server::start_with(|n| {
-        if n == 0 {
-            Behavior::default().close_after(ms(300), 4000, "maintenance")
-        } else {
-            Behavior::default()
-        }
-    });
+    let server = Server::start_first(Behavior::default().close_after(ms(300), 4000, "maintenance"));
     let _c = Wsbeat::new().arg(server.url()).fast().spawn();
     let reply = server.expect(WAIT(), "the client's Close reply", |e| {
         e.conn == 0 && matches!(e.kind, Kind::Close { .. })
@@ -68,13 +62,7 @@ fn server_close_is_answered_then_reconnects() {
 /// reconnected to, and the log says plainly what happened.
 #[test]
 fn server_drop_without_close_is_reported_and_reconnected() {
-    let server = Server::start_with(|n| {
-        if n == 0 {
-            Behavior::default().drop_after(ms(100))
-        } else {
-            Behavior::default()
-        }
-    });
+    let server = Server::start_first(Behavior::default().drop_after(ms(100)));
     let mut c = Wsbeat::new().arg(server.url()).fast().spawn();
     server.expect_upgrades(WAIT(), 2);
     let reported = poll_until(WAIT(), || {
@@ -89,13 +77,7 @@ fn server_drop_without_close_is_reported_and_reconnected() {
 
 #[test]
 fn unauthorized_waits_between_half_and_full_backoff_max() {
-    let server = Server::start_with(|n| {
-        if n == 0 {
-            Behavior::reject(401, &[])
-        } else {
-            Behavior::default()
-        }
-    });
+    let server = Server::start_first(Behavior::reject(401, &[]));
     let c = Wsbeat::new()
         .arg(server.url())
         .fast_with(&[("--backoff-max", "400ms")])
@@ -130,13 +112,7 @@ fn server_error_is_retried() {
 #[test]
 fn retry_after_is_honoured_for_503_and_429() {
     for status in [503, 429] {
-        let server = Server::start_with(move |n| {
-            if n == 0 {
-                Behavior::reject(status, &[("Retry-After", "1")])
-            } else {
-                Behavior::default()
-            }
-        });
+        let server = Server::start_first(Behavior::reject(status, &[("Retry-After", "1")]));
         let c = Wsbeat::new().arg(server.url()).fast().spawn();
         server.expect_upgrades(scaled(ms(15_000)), 1);
         let a = accepted(&server, 2);
@@ -155,13 +131,7 @@ fn retry_after_is_honoured_for_503_and_429() {
 
 #[test]
 fn connect_timeout_against_a_server_that_says_nothing() {
-    let server = Server::start_with(|n| {
-        if n == 0 {
-            Behavior::stall()
-        } else {
-            Behavior::default()
-        }
-    });
+    let server = Server::start_first(Behavior::stall());
     let c = Wsbeat::new()
         .arg(server.url())
         .fast()

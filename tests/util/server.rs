@@ -560,6 +560,18 @@ impl Server {
         Server::start_with(move |_| behavior.clone())
     }
 
+    /// A plain server that does `first` on its first connection and [`Behavior::default`]
+    /// on every later one: misbehave once, then serve normally.
+    pub fn start_first(first: Behavior) -> Server {
+        Server::start_with(move |n| {
+            if n == 0 {
+                first.clone()
+            } else {
+                Behavior::default()
+            }
+        })
+    }
+
     /// A plain server whose behaviour depends on the connection id (TCP accept order from 0),
     /// e.g. `|n| if n == 0 { Behavior::silent() } else { Behavior::echo() }`.
     pub fn start_with(script: impl Fn(usize) -> Behavior + Send + Sync + 'static) -> Server {
