@@ -176,13 +176,13 @@ struct Active {
 
 /// A connect thread and the handle that cuts its handshakes short.
 struct Attempt {
+    conn: ConnId,
     thread: JoinHandle<()>,
     abort: Arc<Abort>,
 }
 
 enum Phase {
     Connecting {
-        conn: ConnId,
         give_up_at: Instant,
         attempt: Attempt,
     },
@@ -215,11 +215,10 @@ pub struct Supervisor {
     next_watchdog: Option<Instant>,
     queue: VecDeque<String>,
     in_flight: usize,
-    stopping: bool,
     /// Set by SIGTERM/SIGINT: when the process must be on its way out.
     stop_by: Option<Instant>,
     /// Connect attempts abandoned (past their deadline, or by a stop or reload) and
-    /// aborted; joined once finished.
+    /// aborted; each is joined when its result arrives.
     stragglers: Vec<Attempt>,
 }
 
@@ -265,7 +264,6 @@ impl Supervisor {
             next_watchdog: None,
             queue: VecDeque::new(),
             in_flight: 0,
-            stopping: false,
             stop_by: None,
             stragglers: Vec::new(),
         })
@@ -384,7 +382,7 @@ impl Supervisor {
         }
         match &mut self.phase {
             Phase::Backoff { until } if now >= *until => {
-                if self.stopping {
+                if self.stop_by.is_some() {
                     return Some(Ending::Stopped);
                 }
                 return self.start_connect(now);
@@ -478,7 +476,6 @@ impl Supervisor {
     /// Starts an attempt; an attempt that fails before it starts counts as a failed
     /// one, so `--once` and `--max-retries` end the run from here too.
     fn start_connect(&mut self, now: Instant) -> Option<Ending> {
-        self.reap_stragglers();
         if let Some(path) = &self.config.header_file {
             // Re-read on every attempt so a rotated token is used without a restart.
             match read_header_file(path) {
@@ -536,9 +533,12 @@ impl Supervisor {
                     conn
                 );
                 self.phase = Phase::Connecting {
-                    conn,
                     give_up_at: deadline + CONNECT_SLACK,
-                    attempt: Attempt { thread, abort },
+                    attempt: Attempt {
+                        conn,
+                        thread,
+                        abort,
+                    },
                 };
                 self.set_state(State::Connecting, now);
                 None
@@ -556,15 +556,12 @@ impl Supervisor {
         self.stragglers.push(attempt);
     }
 
-    fn reap_stragglers(&mut self) {
-        let (done, running): (Vec<_>, Vec<_>) = self
-            .stragglers
-            .drain(..)
-            .partition(|a| a.thread.is_finished());
-        for attempt in done {
-            let _ = attempt.thread.join();
+    /// Joins an abandoned attempt that has reported: sending its result is the last
+    /// thing its thread does, so the join does not wait.
+    fn join_straggler(&mut self, conn: ConnId) {
+        if let Some(index) = self.stragglers.iter().position(|a| a.conn == conn) {
+            let _ = self.stragglers.swap_remove(index).thread.join();
         }
-        self.stragglers = running;
     }
 
     fn on_connected(
@@ -573,10 +570,11 @@ impl Supervisor {
         result: Result<Box<Connection>, ConnectError>,
         now: Instant,
     ) -> Option<Ending> {
-        let current = matches!(&self.phase, Phase::Connecting { conn: c, .. } if *c == conn);
+        let current =
+            matches!(&self.phase, Phase::Connecting { attempt, .. } if attempt.conn == conn);
         if !current {
             // A straggler finished late: its connection (if any) is dropped unused.
-            self.reap_stragglers();
+            self.join_straggler(conn);
             return None;
         }
         let Phase::Connecting { attempt, .. } = self.replace_phase(now) else {
@@ -760,7 +758,7 @@ impl Supervisor {
     /// The live connection ended: tear it down and reconnect (or stop, if stopping).
     fn connection_lost(&mut self, reason: String, graceful: bool) -> Option<Ending> {
         self.teardown(graceful);
-        if self.stopping {
+        if self.stop_by.is_some() {
             return Some(Ending::Stopped);
         }
         log::warn!("connection lost: {reason}");
@@ -900,10 +898,9 @@ impl Supervisor {
     }
 
     fn terminate(&mut self, now: Instant) -> Option<Ending> {
-        if self.stopping {
+        if self.stop_by.is_some() {
             return None;
         }
-        self.stopping = true;
         let stop_by = now + STOP_BUDGET;
         self.stop_by = Some(stop_by);
         self.notify(&[Notify::Stopping]);
@@ -939,17 +936,14 @@ impl Supervisor {
         // Aborted attempts end at once; one stuck in DNS or in the TCP connect cannot be
         // interrupted and gets a bounded wait before the process leaves it behind.
         let give_up = self.stop_by.unwrap_or_else(|| Instant::now() + LEAVE_GRACE);
-        while self.stragglers.iter().any(|a| !a.thread.is_finished()) {
+        while !self.stragglers.is_empty() {
             let left = give_up.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
             match self.inbox.recv_timeout(left) {
+                Ok(Event::Connected { conn, .. }) => self.join_straggler(conn),
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
-        self.reap_stragglers();
         ending
     }
 
