@@ -166,7 +166,7 @@ pub struct Abort(Mutex<AbortState>);
 #[derive(Default)]
 struct AbortState {
     aborted: bool,
-    /// The attempt's socket while its handshakes run.
+    /// A second handle on the attempt's socket, for [`Abort::abort`].
     socket: Option<TcpStream>,
 }
 
@@ -191,29 +191,10 @@ impl Abort {
         state.socket = Some(socket.try_clone().map_err(ConnectError::Tcp)?);
         Ok(())
     }
-
-    /// The handshakes are over: the descriptor kept for [`Abort::abort`] is not needed.
-    fn release(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .socket
-            .take();
-    }
 }
 
 /// Opens and upgrades a connection before `deadline`, unless `abort` says stop first.
 pub fn connect(
-    dial: &Dial<'_>,
-    deadline: Instant,
-    abort: &Abort,
-) -> Result<Connection, ConnectError> {
-    let result = connect_watched(dial, deadline, abort);
-    abort.release();
-    result
-}
-
-fn connect_watched(
     dial: &Dial<'_>,
     deadline: Instant,
     abort: &Abort,
