@@ -367,7 +367,14 @@ impl Supervisor {
             self.notify(&[Notify::Status(self.describe())]);
             self.write_status(now);
         }
-        self.next_refresh = Some(now + self.refresh_interval());
+        self.schedule_refresh(now);
+    }
+
+    /// The next refresh, only if someone reads the status.
+    fn schedule_refresh(&mut self, now: Instant) {
+        self.next_refresh = self
+            .reports_status()
+            .then(|| now + self.refresh_interval());
     }
 
     /// Deadlines that have passed.
@@ -978,9 +985,7 @@ impl Supervisor {
 
     fn write_status(&mut self, now: Instant) {
         self.status_dirty = false;
-        if self.reports_status() {
-            self.next_refresh = Some(now + self.refresh_interval());
-        }
+        self.schedule_refresh(now);
         if let Some(file) = &self.status_file {
             if let Err(err) = file.write(&self.status) {
                 log::warn!("--status-file {}: {err}", file.path().display());
