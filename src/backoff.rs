@@ -82,11 +82,6 @@ impl Backoff {
         }
     }
 
-    /// Attempts since the last connection that proved alive.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
     /// The upper bound of the next plain delay.
     pub fn cap(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt).unwrap_or(u32::MAX);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tungstenite::http::Uri;
 
 use crate::error::UsageError;
+use crate::headers::{TOKEN_PUNCTUATION, is_token_char};
 
 /// How a heartbeat is sent and recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,9 +200,6 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 24 * 60 * 60);
 /// Largest `--max-message-size` accepted (1 GiB).
 pub const MAX_MESSAGE_SIZE_LIMIT: usize = 1 << 30;
 
-/// Characters an HTTP token (subprotocol name) may hold besides letters and digits.
-const TOKEN_PUNCTUATION: &str = "!#$%&'*+-.^_`|~";
-
 /// Whether an option takes a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -281,9 +279,7 @@ fn parse_number<T: std::str::FromStr>(s: &str) -> Option<T> {
 
 /// Whether `s` is an HTTP token (RFC 9110 `token`), as subprotocol names must be.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || TOKEN_PUNCTUATION.contains(c))
+    !s.is_empty() && s.chars().all(is_token_char)
 }
 
 /// Parses a DURATION: a non-negative decimal number with an optional unit
@@ -480,13 +476,7 @@ impl Sources<'_> {
 
     /// `(where, value)` of the last `--name` given, else of `WSBEAT_NAME`.
     fn value(&self, name: &'static str) -> Option<(String, String)> {
-        self.args
-            .values
-            .iter()
-            .rev()
-            .find(|(option, _)| *option == name)
-            .map(|(option, value)| (format!("--{option}"), value.clone()))
-            .or_else(|| self.env_var(name))
+        self.values(name).pop()
     }
 
     /// Every `--name` given, or else `WSBEAT_NAME` as the one value.

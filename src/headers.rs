@@ -16,8 +16,14 @@ use crate::error::ConfigError;
 /// Largest `--header-file` accepted; a header file holds a few tokens, not megabytes.
 pub const MAX_HEADER_FILE_BYTES: u64 = 64 * 1024;
 
-/// Characters an HTTP token (header name) may hold besides letters and digits.
-const TOKEN_PUNCTUATION: &str = "!#$%&'*+-.^_`|~";
+/// Characters an HTTP token (RFC 9110 `tchar`: header names, subprotocol names) may
+/// hold besides letters and digits.
+pub const TOKEN_PUNCTUATION: &str = "!#$%&'*+-.^_`|~";
+
+/// Whether `c` may appear in an HTTP token.
+pub fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || TOKEN_PUNCTUATION.contains(c)
+}
 
 /// Parses one `Name: value` header; the value is trimmed of surrounding blanks.
 ///
@@ -40,7 +46,7 @@ pub fn parse_header(s: &str) -> Result<(String, String), String> {
             // Do not echo the name: a line missing its ':' in the right place may be a token.
             let position = name
                 .chars()
-                .position(|c| !(c.is_ascii_alphanumeric() || TOKEN_PUNCTUATION.contains(c)))
+                .position(|c| !is_token_char(c))
                 .map_or(1, |i| i + 1);
             return Err(format!(
                 "invalid header name: character {position} is not allowed \

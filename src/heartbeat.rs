@@ -134,12 +134,15 @@ impl Liveness {
         if counts {
             self.answered_at = self.answered_at.max(Some(at));
         }
+        // Sequence numbers and send times both grow along the queue, so the answered
+        // heartbeats are always at its front.
         let before = self.unanswered.len();
-        let (mode, strict, answered_at, answered_seq) =
-            (self.mode, self.strict, self.answered_at, self.answered_seq);
-        self.unanswered.retain(|&(seq, sent_at)| {
-            !Self::answered_by(mode, strict, answered_at, answered_seq, seq, sent_at)
-        });
+        while let Some(&(seq, sent_at)) = self.unanswered.front() {
+            if !self.is_answered(seq, sent_at) {
+                break;
+            }
+            self.unanswered.pop_front();
+        }
         if self.unanswered.len() < before || rtt.is_some() {
             self.proven = true;
         }
@@ -150,27 +153,9 @@ impl Liveness {
     }
 
     fn is_answered(&self, seq: u64, sent_at: Instant) -> bool {
-        Self::answered_by(
-            self.mode,
-            self.strict,
-            self.answered_at,
-            self.answered_seq,
-            seq,
-            sent_at,
-        )
-    }
-
-    fn answered_by(
-        mode: HeartbeatMode,
-        strict: bool,
-        answered_at: Option<Instant>,
-        answered_seq: Option<u64>,
-        seq: u64,
-        sent_at: Instant,
-    ) -> bool {
-        let by_seq = answered_seq.is_some_and(|answered| answered >= seq);
-        let by_time = answered_at.is_some_and(|at| at >= sent_at);
-        match (mode, strict) {
+        let by_seq = self.answered_seq.is_some_and(|answered| answered >= seq);
+        let by_time = self.answered_at.is_some_and(|at| at >= sent_at);
+        match (self.mode, self.strict) {
             (HeartbeatMode::Control, true) => by_seq,
             _ => by_seq || by_time,
         }
@@ -306,12 +291,12 @@ pub fn run(
                 let _ = events.send(Event::Written { conn });
             }
             Ok(Command::Close(code, reason)) => {
+                // `close` writes and flushes the frame itself.
                 let closed = socket.write(|ws| {
                     ws.close(Some(CloseFrame {
                         code,
                         reason: reason.into(),
-                    }))?;
-                    ws.flush()
+                    }))
                 });
                 if let Err(err) = closed {
                     break describe_write_error(err);

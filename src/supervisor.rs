@@ -181,6 +181,13 @@ struct Attempt {
     abort: Arc<Abort>,
 }
 
+impl Active {
+    /// With the heartbeat off, when this connection will count as proven alive.
+    fn quiet_proof_at(&self, ping_interval: Duration) -> Option<Instant> {
+        (!self.quiet_proven && ping_interval.is_zero()).then(|| self.connected_at + QUIET_PROOF)
+    }
+}
+
 enum Phase {
     Connecting {
         give_up_at: Instant,
@@ -327,14 +334,13 @@ impl Supervisor {
         let phase = match &self.phase {
             Phase::Connecting { give_up_at, .. } => Some(*give_up_at),
             Phase::Backoff { until } => Some(*until),
-            Phase::Connected(active) => {
-                let quiet_proof = (!active.quiet_proven && self.config.ping_interval.is_zero())
-                    .then(|| active.connected_at + QUIET_PROOF);
-                [quiet_proof, active.closing_until]
-                    .into_iter()
-                    .flatten()
-                    .min()
-            }
+            Phase::Connected(active) => [
+                active.quiet_proof_at(self.config.ping_interval),
+                active.closing_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         };
         [phase, self.next_watchdog, self.next_refresh]
             .into_iter()
@@ -372,9 +378,7 @@ impl Supervisor {
 
     /// The next refresh, only if someone reads the status.
     fn schedule_refresh(&mut self, now: Instant) {
-        self.next_refresh = self
-            .reports_status()
-            .then(|| now + self.refresh_interval());
+        self.next_refresh = self.reports_status().then(|| now + self.refresh_interval());
     }
 
     /// Deadlines that have passed.
@@ -387,6 +391,7 @@ impl Supervisor {
         if self.next_refresh.is_some_and(|at| now >= at) {
             self.refresh_status(now);
         }
+        let ping_interval = self.config.ping_interval;
         match &mut self.phase {
             Phase::Backoff { until } if now >= *until => {
                 if self.stop_by.is_some() {
@@ -406,9 +411,9 @@ impl Supervisor {
                     let reason = "server did not answer our Close in time".to_string();
                     return self.connection_lost(reason, false);
                 }
-                if self.config.ping_interval.is_zero()
-                    && !active.quiet_proven
-                    && now >= active.connected_at + QUIET_PROOF
+                if active
+                    .quiet_proof_at(ping_interval)
+                    .is_some_and(|at| now >= at)
                 {
                     // Heartbeat off: surviving this long is the only proof available.
                     active.quiet_proven = true;
@@ -508,7 +513,7 @@ impl Supervisor {
         headers.extend(self.file_headers.iter().cloned());
         let target = self.config.target.clone();
         let subprotocols = self.config.subprotocols.clone();
-        let connector = self.connector.clone().filter(|_| target.tls);
+        let connector = self.connector.clone();
         let ws_config = ws_config(&self.config);
         let write_timeout = self.config.pong_timeout.max(Duration::from_secs(1));
         // From now, not from `now`: building the first TLS connector (system roots,
@@ -691,7 +696,6 @@ impl Supervisor {
         self.failures_in_row = 0;
         // last_error stays: beside `state=connected` and `reconnects=N` it tells why the
         // last reconnect happened (the contract's example shows exactly that).
-        self.in_flight = 0;
         self.set_state(State::Connected, now);
         self.pump();
         None
@@ -873,12 +877,7 @@ impl Supervisor {
             }
             Err(err) => log::error!("{err}; keeping the TLS files read before"),
         }
-        if let Some(path) = &self.config.header_file {
-            match read_header_file(path) {
-                Ok(headers) => self.file_headers = headers,
-                Err(err) => log::error!("{err}; keeping the headers read before"),
-            }
-        }
+        // The header file needs nothing here: every attempt re-reads it.
         self.backoff.reset();
         self.failures_in_row = 0;
         match self.replace_phase(now) {
