@@ -136,27 +136,6 @@ fn read_pem(path: &Path, flag: &'static str) -> Result<Vec<u8>, ConfigError> {
     fs::read(path).map_err(|err| error(err.to_string()))
 }
 
-/// Each `BEGIN CERTIFICATE` block of a PEM bundle, since native-tls parses one at a time.
-fn certificate_blocks(pem: &[u8]) -> Vec<&[u8]> {
-    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
-    const END: &[u8] = b"-----END CERTIFICATE-----";
-    let mut blocks = Vec::new();
-    let mut rest = pem;
-    while let Some(start) = find(rest, BEGIN) {
-        let Some(end) = find(&rest[start..], END) else {
-            break;
-        };
-        let stop = start + end + END.len();
-        blocks.push(&rest[start..stop]);
-        rest = &rest[stop..];
-    }
-    blocks
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 fn read_roots(path: &Path) -> Result<Vec<Certificate>, ConfigError> {
     let pem = read_pem(path, "--ca-file")?;
     let error = |message: String| ConfigError {
@@ -164,29 +143,26 @@ fn read_roots(path: &Path) -> Result<Vec<Certificate>, ConfigError> {
         flag: "--ca-file",
         message,
     };
-    let blocks = certificate_blocks(&pem);
-    if blocks.is_empty() {
+    let roots = Certificate::stack_from_pem(&pem)
+        .map_err(|err| error(format!("invalid certificate: {err}")))?;
+    if roots.is_empty() {
         return Err(error("no PEM certificate found".into()));
     }
-    blocks
-        .into_iter()
-        .map(|block| {
-            Certificate::from_pem(block).map_err(|err| error(format!("invalid certificate: {err}")))
-        })
-        .collect()
+    Ok(roots)
 }
 
 fn read_identity(cert: &Path, key: &Path) -> Result<Identity, ConfigError> {
     let cert_pem = read_pem(cert, "--client-cert")?;
     let key_pem = read_pem(key, "--client-key")?;
-    if certificate_blocks(&cert_pem).is_empty() {
+    if Certificate::stack_from_pem(&cert_pem).map_or(true, |certs| certs.is_empty()) {
         return Err(ConfigError {
             path: cert.to_path_buf(),
             flag: "--client-cert",
             message: "no PEM certificate found".into(),
         });
     }
-    if find(&key_pem, b"-----BEGIN PRIVATE KEY-----").is_none() {
+    const PKCS8_BEGIN: &[u8] = b"-----BEGIN PRIVATE KEY-----";
+    if !key_pem.windows(PKCS8_BEGIN.len()).any(|w| w == PKCS8_BEGIN) {
         return Err(ConfigError {
             path: key.to_path_buf(),
             flag: "--client-key",
@@ -222,16 +198,5 @@ mod tests {
         assert!(!is_hash_link_name("5ad8a5d6.pem"));
         assert!(!is_hash_link_name("5ad8a5d.0"));
         assert!(!is_hash_link_name("5ad8a5d6."));
-    }
-
-    #[test]
-    fn splits_bundles_into_blocks() {
-        let pem = b"junk\n-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
-                    -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n\
-                    -----BEGIN CERTIFICATE-----\nunterminated";
-        let blocks = certificate_blocks(pem);
-        assert_eq!(blocks.len(), 2);
-        assert!(blocks[1].windows(3).any(|w| w == b"BBB"));
-        assert!(certificate_blocks(b"").is_empty());
     }
 }
