@@ -36,7 +36,8 @@ done
 
 log() { echo "install-peers: $*" >&2; }
 
-apt_updated=0
+# A caller that has just run apt-get update (.ci/run) says so, and it is not repeated.
+apt_updated=${APT_UPDATED:-0}
 apt_install() {
   # Installs Debian packages without starting their services (nginx would otherwise
   # grab port 80 through its init script); the benchmark starts its own nginx.
