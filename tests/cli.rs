@@ -428,7 +428,6 @@ fn env_vars_configure_the_heartbeat() {
         .env("WSBEAT_PING_TEXT", "hb?")
         .env("WSBEAT_PONG_TEXT", "hb!")
         .env("WSBEAT_PING_INTERVAL", "200ms")
-        .env("WSBEAT_PONG_TEXT", "hb!")
         .env("WSBEAT_STRICT_PONG", "true")
         .spawn();
     let pings = server.expect_count(WAIT(), 4, "4 text heartbeats", |e| e.text() == Some("hb?"));

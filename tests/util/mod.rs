@@ -13,7 +13,6 @@
 //!   drop; command, stdout and stderr are printed if the test panics).
 //! - [`scaled`] / [`WAIT`]: time bounds stretched by `WSBEAT_TEST_TIME_SCALE` (emulation).
 //! - [`free_port`]: a port nobody listens on (connection refused).
-#![allow(dead_code)] // Each test file uses a different part of the helpers.
 
 pub mod proxy;
 pub mod server;
@@ -28,7 +27,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -420,11 +419,6 @@ impl Running {
         self.child.id()
     }
 
-    /// When the child was spawned.
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
     /// Writes `line` plus `\n` to the child's stdin and flushes. Panics if stdin is closed.
     pub fn write_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin is open");
@@ -650,22 +644,5 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
             return None;
         }
         thread::sleep(ms(10));
-    }
-}
-
-/// Receives from `rx` until `pred` matches or `timeout` passes.
-pub fn recv_until<T>(
-    rx: &Receiver<T>,
-    timeout: Duration,
-    mut pred: impl FnMut(&T) -> bool,
-) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(v) if pred(&v) => return Some(v),
-            Ok(_) => {}
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
-        }
     }
 }

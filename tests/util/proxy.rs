@@ -115,11 +115,6 @@ impl Proxy {
         format!("{scheme}://{}/", self.addr)
     }
 
-    /// The current mode.
-    pub fn mode(&self) -> Mode {
-        lock(&self.shared.state).mode
-    }
-
     /// Switches the mode for current and future connections.
     pub fn set_mode(&self, mode: Mode) {
         lock(&self.shared.state).mode = mode;

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -169,12 +168,6 @@ impl Behavior {
     /// Sets how Pings are answered.
     pub fn pongs(mut self, p: Pongs) -> Behavior {
         self.pongs = p;
-        self
-    }
-
-    /// Never read after the handshake (see [`Behavior::read`]).
-    pub fn no_read(mut self) -> Behavior {
-        self.read = false;
         self
     }
 
@@ -525,8 +518,7 @@ fn decode(buf: &[u8]) -> io::Result<Option<Decoded>> {
 struct Shared {
     history: Mutex<Vec<Event>>,
     history_cv: Condvar,
-    subscribers: Mutex<Vec<Sender<Event>>>,
-    script: Mutex<Script>,
+    script: Script,
     conns: Mutex<HashMap<usize, Arc<Conn>>>,
     tcp: Mutex<Vec<TcpStream>>,
     stopping: AtomicBool,
@@ -541,7 +533,6 @@ impl Shared {
             at: Instant::now(),
             kind,
         };
-        lock(&self.subscribers).retain(|s| s.send(e.clone()).is_ok());
         lock(&self.history).push(e);
         self.history_cv.notify_all();
     }
@@ -611,8 +602,7 @@ impl Server {
         let shared = Arc::new(Shared {
             history: Mutex::new(Vec::new()),
             history_cv: Condvar::new(),
-            subscribers: Mutex::new(Vec::new()),
-            script: Mutex::new(script),
+            script,
             conns: Mutex::new(HashMap::new()),
             tcp: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
@@ -634,7 +624,7 @@ impl Server {
                     }
                     let _ = stream.set_nodelay(true);
                     sh.emit(id, Kind::Accepted);
-                    let behavior = (lock(&sh.script).clone())(id);
+                    let behavior = (sh.script)(id);
                     let sh2 = Arc::clone(&sh);
                     let _ = thread::Builder::new()
                         .name(format!("test-server-conn-{id}"))
@@ -672,23 +662,6 @@ impl Server {
             "ws"
         };
         format!("{scheme}://{}{path}", self.addr)
-    }
-
-    /// Replaces the behaviour for connections accepted from now on.
-    pub fn set_behavior(&self, behavior: Behavior) {
-        *lock(&self.shared.script) = Arc::new(move |_| behavior.clone());
-    }
-
-    /// A snapshot of every event so far.
-    pub fn history(&self) -> Vec<Event> {
-        lock(&self.shared.history).clone()
-    }
-
-    /// A channel receiving every event from now on.
-    pub fn subscribe(&self) -> Receiver<Event> {
-        let (tx, rx) = mpsc::channel();
-        lock(&self.shared.subscribers).push(tx);
-        rx
     }
 
     /// Waits until the history holds at least `n` events matching `pred` and returns all the
@@ -786,14 +759,6 @@ impl Server {
             .collect()
     }
 
-    /// Texts received on all connections, in order.
-    pub fn all_texts(&self) -> Vec<String> {
-        lock(&self.shared.history)
-            .iter()
-            .filter_map(|e| e.text().map(String::from))
-            .collect()
-    }
-
     /// The history, one event per line with times relative to the first, for failure messages.
     pub fn dump(&self) -> String {
         let h = lock(&self.shared.history);
@@ -813,33 +778,6 @@ impl Server {
             ));
         }
         s
-    }
-
-    fn conn(&self, id: usize) -> Arc<Conn> {
-        lock(&self.shared.conns)
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| panic!("no upgraded connection {id}"))
-    }
-
-    /// Sends a text message on connection `id`.
-    pub fn send_text(&self, id: usize, text: &str) -> io::Result<()> {
-        self.conn(id).send_msg(&Msg::Text(text.into()))
-    }
-
-    /// Sends a message on connection `id`.
-    pub fn send(&self, id: usize, msg: &Msg) -> io::Result<()> {
-        self.conn(id).send_msg(msg)
-    }
-
-    /// Sends a Ping with `payload` on connection `id`; its Pong is recorded with latency.
-    pub fn ping(&self, id: usize, payload: &[u8]) -> io::Result<()> {
-        self.conn(id).send_ping(payload)
-    }
-
-    /// Sends Close(`code`, `reason`) on connection `id`; the client's reply is recorded.
-    pub fn close(&self, id: usize, code: u16, reason: &str) -> io::Result<()> {
-        self.conn(id).send_close(code, reason)
     }
 
     /// Shuts connection `id` down (TCP FIN, no Close frame).

@@ -18,16 +18,13 @@ use openssl::x509::{X509, X509NameBuilder};
 
 use super::TempDir;
 
-/// A generated CA with one server and one client certificate, as PEM files in [`Pki::dir`].
+/// A generated CA with one server and one client certificate; the CA and the client's
+/// certificate and key as PEM files (the server uses the objects directly).
 pub struct Pki {
     /// Holds the files; removed when the `Pki` is dropped.
-    pub dir: TempDir,
+    _dir: TempDir,
     /// The CA certificate (`ca.pem`): pass as `--ca-file`.
     pub ca_file: PathBuf,
-    /// Server certificate (`server.pem`).
-    pub server_cert_file: PathBuf,
-    /// Server key, PKCS#8 (`server.key`).
-    pub server_key_file: PathBuf,
     /// Client certificate (`client.pem`), CN `wsbeat-test-client`: pass as `--client-cert`.
     pub client_cert_file: PathBuf,
     /// Client key, PKCS#8 (`client.key`): pass as `--client-key`.
@@ -159,11 +156,9 @@ impl Pki {
         let dir = TempDir::new();
         Pki {
             ca_file: dir.write("ca.pem", pem(&ca)),
-            server_cert_file: dir.write("server.pem", pem(&server_cert)),
-            server_key_file: dir.write("server.key", key_pem(&server_key)),
             client_cert_file: dir.write("client.pem", pem(&client_cert)),
             client_key_file: dir.write("client.key", key_pem(&client_key)),
-            dir,
+            _dir: dir,
             ca,
             server_cert,
             server_key,
