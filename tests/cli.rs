@@ -5,12 +5,7 @@ use std::time::Instant;
 
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Kind, Server};
-use crate::util::{Output, TempDir, WAIT, Wsbeat, free_port, ms, scaled};
-
-/// A URL that is valid but never contacted by a run that fails on its arguments.
-fn url() -> String {
-    format!("ws://127.0.0.1:{}/", free_port())
-}
+use crate::util::{Output, TempDir, WAIT, Wsbeat, free_port, ms, refused_url, scaled};
 
 /// Runs and asserts exit 64 with exactly one stderr line that names `name`.
 fn usage_error(w: Wsbeat, name: &str) -> Output {
@@ -49,9 +44,12 @@ fn config_error(w: Wsbeat, file: &std::path::Path) -> Output {
 
 #[test]
 fn unknown_flag_is_a_usage_error() {
-    usage_error(Wsbeat::new().arg(url()).arg("--bogus-flag"), "--bogus-flag");
     usage_error(
-        Wsbeat::new().arg("--bogus-flag=1").arg(url()),
+        Wsbeat::new().arg(refused_url()).arg("--bogus-flag"),
+        "--bogus-flag",
+    );
+    usage_error(
+        Wsbeat::new().arg("--bogus-flag=1").arg(refused_url()),
         "--bogus-flag",
     );
 }
@@ -101,9 +99,11 @@ fn bad_durations_are_usage_errors() {
         ("--backoff-max", "1.5.5s"),
         ("--ping-interval", "ms"),
     ] {
-        usage_error(Wsbeat::new().arg(url()).arg(flag).arg(value), flag);
+        usage_error(Wsbeat::new().arg(refused_url()).arg(flag).arg(value), flag);
         usage_error(
-            Wsbeat::new().arg(url()).arg(format!("{flag}={value}")),
+            Wsbeat::new()
+                .arg(refused_url())
+                .arg(format!("{flag}={value}")),
             flag,
         );
     }
@@ -118,14 +118,16 @@ fn bad_numbers_are_usage_errors() {
         ("--max-message-size", "1e3"),
         ("--max-message-size", "99999999999999999999999"),
     ] {
-        usage_error(Wsbeat::new().arg(url()).arg(flag).arg(value), flag);
+        usage_error(Wsbeat::new().arg(refused_url()).arg(flag).arg(value), flag);
     }
 }
 
 #[test]
 fn bad_heartbeat_mode_is_a_usage_error() {
     usage_error(
-        Wsbeat::new().arg(url()).args(["--heartbeat", "smoke"]),
+        Wsbeat::new()
+            .arg(refused_url())
+            .args(["--heartbeat", "smoke"]),
         "--heartbeat",
     );
 }
@@ -133,27 +135,33 @@ fn bad_heartbeat_mode_is_a_usage_error() {
 #[test]
 fn missing_flag_value_is_a_usage_error() {
     for flag in ["--ping-interval", "--header", "--ca-file", "--max-retries"] {
-        usage_error(Wsbeat::new().arg(url()).arg(flag), flag);
+        usage_error(Wsbeat::new().arg(refused_url()).arg(flag), flag);
     }
 }
 
 #[test]
 fn bad_env_values_name_the_variable() {
     usage_error(
-        Wsbeat::new().arg(url()).env("WSBEAT_PING_INTERVAL", "soon"),
+        Wsbeat::new()
+            .arg(refused_url())
+            .env("WSBEAT_PING_INTERVAL", "soon"),
         "WSBEAT_PING_INTERVAL",
     );
     usage_error(
-        Wsbeat::new().arg(url()).env("WSBEAT_MAX_RETRIES", "x"),
+        Wsbeat::new()
+            .arg(refused_url())
+            .env("WSBEAT_MAX_RETRIES", "x"),
         "WSBEAT_MAX_RETRIES",
     );
     for bad in ["maybe", "2", "on?"] {
         usage_error(
-            Wsbeat::new().arg(url()).env("WSBEAT_INSECURE", bad),
+            Wsbeat::new().arg(refused_url()).env("WSBEAT_INSECURE", bad),
             "WSBEAT_INSECURE",
         );
         usage_error(
-            Wsbeat::new().arg(url()).env("WSBEAT_STRICT_PONG", bad),
+            Wsbeat::new()
+                .arg(refused_url())
+                .env("WSBEAT_STRICT_PONG", bad),
             "WSBEAT_STRICT_PONG",
         );
     }
@@ -162,7 +170,9 @@ fn bad_env_values_name_the_variable() {
 #[test]
 fn malformed_header_is_a_usage_error() {
     usage_error(
-        Wsbeat::new().arg(url()).args(["--header", "no colon here"]),
+        Wsbeat::new()
+            .arg(refused_url())
+            .args(["--header", "no colon here"]),
         "--header",
     );
 }
@@ -201,7 +211,7 @@ fn unreadable_or_invalid_files_exit_78_naming_the_file() {
     let pki = crate::util::tls::Pki::new();
     let garbage = dir.write("garbage.pem", "this is not PEM\n");
     let gone = missing(&dir);
-    for scheme_url in [url(), format!("wss://127.0.0.1:{}/", free_port())] {
+    for scheme_url in [refused_url(), format!("wss://127.0.0.1:{}/", free_port())] {
         for file in [&gone, &garbage] {
             config_error(
                 Wsbeat::new().arg(&scheme_url).arg("--ca-file").arg(file),
@@ -344,10 +354,7 @@ fn once_against_silent_server_fails_within_pong_timeout() {
 
 #[test]
 fn once_against_refused_port_fails() {
-    let out = Wsbeat::new()
-        .arg(format!("ws://127.0.0.1:{}/", free_port()))
-        .arg("--once")
-        .run(WAIT());
+    let out = Wsbeat::new().arg(refused_url()).arg("--once").run(WAIT());
     assert_eq!(out.code, Some(1), "{}", out.dump());
     assert!(out.stdout.is_empty(), "{}", out.dump());
     assert!(!out.stderr_lines().is_empty(), "{}", out.dump());
@@ -369,7 +376,7 @@ fn max_retries_gives_up_after_exactly_n_attempts() {
 
     // A port where nothing listens: same exit.
     let out = Wsbeat::new()
-        .arg(format!("ws://127.0.0.1:{}/", free_port()))
+        .arg(refused_url())
         .fast()
         .args(["--max-retries", "3"])
         .run(WAIT());
@@ -445,7 +452,7 @@ fn env_vars_configure_the_heartbeat() {
 fn command_line_wins_over_environment() {
     let server = Server::start(Behavior::default());
     let out = Wsbeat::new()
-        .env("WSBEAT_URL", format!("ws://127.0.0.1:{}/", free_port()))
+        .env("WSBEAT_URL", refused_url())
         .env("WSBEAT_HEARTBEAT", "text")
         .env("WSBEAT_HEADER", "X-From-Env: 1")
         .arg(server.url())

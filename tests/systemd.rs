@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Kind, Server};
 use crate::util::{
-    StdinFlood, TempDir, WAIT, Wsbeat, clean_command, free_port, ms, poll_until, scaled,
+    StdinFlood, TempDir, WAIT, Wsbeat, clean_command, ms, poll_until, refused_url, scaled,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -166,20 +166,22 @@ fn raw_status(path: &Path) -> Option<HashMap<String, String>> {
     )
 }
 
+/// The status file's keys, in the contract's order.
+const STATUS_KEYS: [&str; 7] = [
+    "state",
+    "url",
+    "since_unix_ms",
+    "rtt_ms",
+    "reconnects",
+    "dropped",
+    "last_error",
+];
+
 /// The status file as a shell sees it after `. FILE`.
 fn sourced_status(path: &Path) -> HashMap<String, String> {
-    const KEYS: [&str; 7] = [
-        "state",
-        "url",
-        "since_unix_ms",
-        "rtt_ms",
-        "reconnects",
-        "dropped",
-        "last_error",
-    ];
     let script = format!(
         ". \"$1\" && printf '%s\\0' {}",
-        KEYS.map(|k| format!("\"${k}\"")).join(" ")
+        STATUS_KEYS.map(|k| format!("\"${k}\"")).join(" ")
     );
     let out = Command::new("sh")
         .arg("-c")
@@ -196,8 +198,9 @@ fn sourced_status(path: &Path) -> HashMap<String, String> {
     );
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let values: Vec<&str> = text.split_terminator('\0').collect();
-    assert_eq!(values.len(), KEYS.len(), "{values:?}");
-    KEYS.iter()
+    assert_eq!(values.len(), STATUS_KEYS.len(), "{values:?}");
+    STATUS_KEYS
+        .iter()
         .zip(values)
         .map(|(k, v)| (k.to_string(), v.to_owned()))
         .collect()
@@ -305,7 +308,7 @@ fn sigterm_gives_up_on_a_silent_peer_after_about_2s() {
 fn sigterm_during_backoff_exits_0_at_once() {
     let mut wsbeat = Wsbeat::new()
         .args(["--backoff-initial", "30s", "--backoff-max", "30s"])
-        .arg(format!("ws://127.0.0.1:{}/", free_port()))
+        .arg(refused_url())
         .spawn();
     // Wait until the first attempt has failed (logged), i.e. the client is in backoff.
     let failed = poll_until(WAIT(), || {
@@ -583,7 +586,7 @@ fn ready_and_watchdog_without_network() {
         .fast()
         .env("NOTIFY_SOCKET", &notify.addr)
         .env("WATCHDOG_USEC", "400000")
-        .arg(format!("ws://127.0.0.1:{}/", free_port()))
+        .arg(refused_url())
         .spawn();
     notify.until(WAIT(), "READY=1", |d| d.has("READY=1"));
     let window = notify.within(ms(1200));
@@ -664,16 +667,7 @@ fn status_file_tracks_state_and_sources_in_sh() {
                     let keys: Vec<&str> =
                         text.lines().filter_map(|l| l.split('=').next()).collect();
                     assert_eq!(
-                        keys,
-                        [
-                            "state",
-                            "url",
-                            "since_unix_ms",
-                            "rtt_ms",
-                            "reconnects",
-                            "dropped",
-                            "last_error"
-                        ],
+                        keys, STATUS_KEYS,
                         "partial or malformed status file: {text:?}"
                     );
                     assert!(text.ends_with('\n'), "partial status file: {text:?}");
@@ -764,7 +758,7 @@ fn status_file_reports_the_last_error() {
         .fast()
         .arg("--status-file")
         .arg(&path)
-        .arg(format!("ws://127.0.0.1:{}/", free_port()))
+        .arg(refused_url())
         .spawn();
     let failing = poll_until(WAIT(), || {
         let s = sourced_status_if_present(&path)?;
@@ -885,7 +879,7 @@ fn journal_stream_prefixes_failures_and_the_give_up_reason() {
             "2".into(),
             "--backoff-initial".into(),
             "10ms".into(),
-            format!("ws://127.0.0.1:{}/", free_port()),
+            refused_url(),
         ],
         &[("JOURNAL_STREAM", stream), ("RUST_LOG", "info".into())],
         &log,

@@ -67,6 +67,11 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// A `ws://` URL on a [`free_port`]: every connect to it is refused.
+pub fn refused_url() -> String {
+    format!("ws://127.0.0.1:{}/", free_port())
+}
+
 /// A temporary directory, removed with its contents on drop (walkdir's test `TempDir` idea).
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
