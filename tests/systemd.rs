@@ -834,18 +834,19 @@ fn journal_lines(text: &str) -> Result<Vec<(u8, String)>, String> {
         .collect()
 }
 
-#[test]
-fn journal_stream_gets_priority_prefixes() {
+/// stderr (info level) of a run that connects, heartbeats and is stopped by SIGTERM, with
+/// `JOURNAL_STREAM` set to what `stream_of` says for the log file.
+fn log_of_a_connected_run(stream_of: impl FnOnce(&File) -> String) -> String {
     let dir = TempDir::new();
     let server = Server::start(Behavior::default());
-
-    // Connected and stopped: info lines.
-    let log_path = dir.join("ok.log");
+    let log_path = dir.join("stderr.log");
     let log = File::create(&log_path).expect("create log");
-    let stream = journal_stream_of(&log);
     let code = run_with_stderr_file(
         &["--ping-interval".into(), "200ms".into(), server.url()],
-        &[("JOURNAL_STREAM", stream), ("RUST_LOG", "info".into())],
+        &[
+            ("JOURNAL_STREAM", stream_of(&log)),
+            ("RUST_LOG", "info".into()),
+        ],
         &log,
         || {
             expect_client_connected(&server, 0);
@@ -853,7 +854,13 @@ fn journal_stream_gets_priority_prefixes() {
         },
     );
     assert_eq!(code, Some(0));
-    let text = std::fs::read_to_string(&log_path).expect("read log");
+    std::fs::read_to_string(&log_path).expect("read log")
+}
+
+#[test]
+fn journal_stream_gets_priority_prefixes() {
+    // Connected and stopped: info lines.
+    let text = log_of_a_connected_run(journal_stream_of);
     let lines = journal_lines(&text)
         .unwrap_or_else(|line| panic!("line without <N> prefix: {line:?}\n{text}"));
     assert!(lines.iter().any(|(n, _)| *n == 6), "no <6> line:\n{text}");
@@ -900,24 +907,11 @@ fn journal_stream_prefixes_failures_and_the_give_up_reason() {
 
 #[test]
 fn no_prefix_when_stderr_is_not_the_journal_stream() {
-    let dir = TempDir::new();
-    let server = Server::start(Behavior::default());
-    let log_path = dir.join("plain.log");
-    let log = File::create(&log_path).expect("create log");
-    let meta = log.metadata().expect("stat");
     // The journal's stream is some other file: stderr was redirected away from it.
-    let other = format!("{}:{}", meta.dev(), meta.ino() + 1);
-    let code = run_with_stderr_file(
-        &["--ping-interval".into(), "200ms".into(), server.url()],
-        &[("JOURNAL_STREAM", other), ("RUST_LOG", "info".into())],
-        &log,
-        || {
-            expect_client_connected(&server, 0);
-            true
-        },
-    );
-    assert_eq!(code, Some(0));
-    let text = std::fs::read_to_string(&log_path).expect("read log");
+    let text = log_of_a_connected_run(|log| {
+        let meta = log.metadata().expect("stat");
+        format!("{}:{}", meta.dev(), meta.ino() + 1)
+    });
     assert!(!text.is_empty());
     assert!(
         text.lines().all(|l| !l.starts_with('<')),
