@@ -185,13 +185,7 @@ class Instance:
                                      stderr=self.log, env=env)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(3)
+        h.stop_proc(self.proc, 3)
         try:
             self.proc.stdin.close()
         except OSError:

@@ -138,13 +138,7 @@ def main():
                       f"threads {e['threads']} rss {e['rss_kib']} KiB", file=sys.stderr)
         end = sample("end", args.cycles)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        h.stop_proc(proc, 5)
         proxy.stop()
         server.stop()
         log.close()

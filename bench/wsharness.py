@@ -49,12 +49,8 @@ class Conn:
         self.sock = sock
         self.path = path
         self.t_open = t_open
-        self.t_closed = None
-        self.close_code = None  # code the client sent in its Close, if any
         self.client_pings = []  # monotonic times of Ping frames from the client
-        self.texts = []
         self._send_lock = threading.Lock()
-        self._pong_waiters = {}  # payload -> [event, t_recv_ns]
         self._buf = b""
         self.closed = threading.Event()
 
@@ -87,27 +83,6 @@ class Conn:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-    def ping_rtt_ns(self, timeout=2.0):
-        """Sends one Ping with a unique payload; returns the round trip in ns or None.
-
-        The send time is taken just before the write and the receive time by the reader
-        thread just after recv() returned the Pong, so the figure is the client's answer
-        time plus loopback and this process's thread wake-up."""
-        payload = os.urandom(8)
-        ev = threading.Event()
-        slot = [ev, None]
-        self._pong_waiters[payload] = slot
-        t0 = time.perf_counter_ns()
-        try:
-            self._send(0x9, payload)
-        except OSError:
-            return None
-        ok = ev.wait(timeout)
-        self._pong_waiters.pop(payload, None)
-        if not ok:
-            return None
-        return slot[1] - t0
 
     def measure_sync(self, n, gap=(0.004, 0.008), timeout=1.0):
         """Times n server Pings on a connection that no reader thread serves (see
@@ -161,7 +136,6 @@ class Conn:
         try:
             while True:
                 b0, b1 = self._recv_exact(2)
-                t_ns = time.perf_counter_ns()
                 opcode = b0 & 0x0F
                 n = b1 & 0x7F
                 if n == 126:
@@ -175,17 +149,10 @@ class Conn:
                 if opcode == 0x9:
                     self.client_pings.append(now())
                     self._send(0xA, payload)
-                elif opcode == 0xA:
-                    slot = self._pong_waiters.get(payload)
-                    if slot:
-                        slot[1] = t_ns
-                        slot[0].set()
                 elif opcode == 0x1:
                     text = payload.decode("utf-8", "replace")
-                    self.texts.append(text)
                     self.server.on_text(self, text)
                 elif opcode == 0x8:
-                    self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
                     try:
                         self._send(0x8, payload[:2])
                     except OSError:
@@ -195,7 +162,6 @@ class Conn:
         except (EOFError, OSError, ValueError):
             pass
         finally:
-            self.t_closed = now()
             try:
                 self.sock.close()
             except OSError:
@@ -224,7 +190,6 @@ class WsServer:
         self.rejected = 0
         self._reject = []  # queue of 'how'
         self._stop = False
-        self.echo = True
         self.take_over = set()  # paths whose connections are handed to taken.get() unread
         self.taken = queue.Queue()
         threading.Thread(target=self._accept_loop, daemon=True).start()
@@ -239,8 +204,7 @@ class WsServer:
             self._reject.extend([how] * n)
 
     def on_text(self, conn, text):
-        if self.echo:
-            conn.send_text(text)
+        conn.send_text(text)
 
     def _accept_loop(self):
         while not self._stop:
@@ -357,8 +321,6 @@ class Proxy:
         self.lsock.listen(256)
         self.lsock.setblocking(False)
         self.port = self.lsock.getsockname()[1]
-        self.accepted = 0
-        self.live = 0
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.lsock, selectors.EVENT_READ, ("listen", None))
         self._wr, self._ww = socket.socketpair()
@@ -407,7 +369,6 @@ class Proxy:
         if p not in self.pairs:
             return
         self.pairs.remove(p)
-        self.live = len(self.pairs)
         for s in p[:2]:
             try:
                 self.sel.unregister(s)
@@ -450,8 +411,6 @@ class Proxy:
                         s.settimeout(5)
                     pair = [c, u, False]
                     self.pairs.append(pair)
-                    self.accepted += 1
-                    self.live = len(self.pairs)
                     self.sel.register(c, selectors.EVENT_READ, ("c", pair))
                     self.sel.register(u, selectors.EVENT_READ, ("u", pair))
                 else:
@@ -596,17 +555,22 @@ class Nginx:
         raise RuntimeError(f"nginx did not start; see {self.dir}/error.log")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_proc(self.proc, 5)
 
     def cleanup(self):
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stop_proc(proc, timeout):
+    """SIGTERM, then SIGKILL after `timeout` s; waits for the exit either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
 
 
 def percentile(sorted_vals, p):
@@ -615,7 +579,3 @@ def percentile(sorted_vals, p):
         return None
     k = math.ceil(p / 100.0 * len(sorted_vals)) - 1
     return sorted_vals[max(0, min(len(sorted_vals) - 1, k))]
-
-
-def jitter_sleep(lo, hi):
-    time.sleep(random.uniform(lo, hi))
