@@ -67,7 +67,7 @@ class Client:
         self.ws_only = ws_only
         # Another build of wsbeat: idle and size only, not latency or blackhole, where it
         # would only repeat the default build's figures.
-        self.build_variant = build_variant or ws_only
+        self.build_variant = build_variant
         # ca_file -> extra environment, for a client with no CA option of its own.
         self.ca_env_fn = ca_env_fn
 
@@ -97,24 +97,19 @@ def make_clients(args):
             a += ["--ca-file", ca]
         return a
 
+    def wsbeat_version(path):
+        return subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout.strip() or "?"
+
     if args.wsbeat != "none":
-        ver = subprocess.run([args.wsbeat, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
-        clients.append(Client("wsbeat", ver or "?", wsbeat_argv, {"RUST_LOG": "info"}))
+        clients.append(Client("wsbeat", wsbeat_version(args.wsbeat), wsbeat_argv, {"RUST_LOG": "info"}))
 
-    def variant_argv(path):
-        return lambda url, hb, ca: [path] + wsbeat_argv(url, hb, ca)[1:]
-
-    if args.wsbeat_static != "none":
-        ver = subprocess.run([args.wsbeat_static, "--version"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        clients.append(Client("wsbeat-static", (ver or "?") + " (static OpenSSL)", variant_argv(args.wsbeat_static),
-                              {"RUST_LOG": "info"}, build_variant=True))
-
-    if args.wsbeat_notls != "none":
-        ver = subprocess.run([args.wsbeat_notls, "--version"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        clients.append(Client("wsbeat-notls", (ver or "?") + " (no TLS build)", variant_argv(args.wsbeat_notls),
-                              {"RUST_LOG": "info"}, ws_only=True))
+    # Other builds of wsbeat: idle and size rows only; the no-TLS one also has no wss://.
+    for name, path, label, ws_only in (("wsbeat-static", args.wsbeat_static, "static OpenSSL", False),
+                                       ("wsbeat-notls", args.wsbeat_notls, "no TLS build", True)):
+        if path != "none":
+            argv = lambda url, hb, ca, p=path: [p] + wsbeat_argv(url, hb, ca)[1:]  # noqa: E731
+            clients.append(Client(name, f"{wsbeat_version(path)} ({label})", argv, {"RUST_LOG": "info"},
+                                  ws_only=ws_only, build_variant=True))
 
     if os.path.exists(py) and "python" not in args.skip:
 
