@@ -257,6 +257,26 @@ struct Run {
     peak_rss_kib: u64,
 }
 
+/// For each client, milliseconds from `t0` to the first event after it in the list
+/// `events` picks; sorted, clients without one left out.
+fn first_after(
+    recorders: &[Arc<Recorder>],
+    t0: Instant,
+    events: impl Fn(&Recorder) -> &Mutex<Vec<Instant>>,
+) -> Vec<f64> {
+    let mut offsets: Vec<f64> = recorders
+        .iter()
+        .filter_map(|r| {
+            let v = events(r).lock().expect("recorder lock");
+            v.iter()
+                .find(|t| **t > t0)
+                .map(|t| (*t - t0).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    offsets.sort_by(f64::total_cmp);
+    offsets
+}
+
 fn proc_status(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -365,27 +385,9 @@ fn run(args: &Args, jitter: bool) -> Run {
         peak_threads = peak_threads.max(proc_status("Threads:"));
     }
 
-    let mut offsets_ms: Vec<f64> = recorders
-        .iter()
-        .filter_map(|r| {
-            let v = r.connected.lock().expect("recorder lock");
-            v.iter()
-                .find(|t| **t > t0)
-                .map(|t| (*t - t0).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    offsets_ms.sort_by(f64::total_cmp);
+    let offsets_ms = first_after(&recorders, t0, |r| &r.connected);
     let missing = args.clients - offsets_ms.len();
-    let mut noticed: Vec<f64> = recorders
-        .iter()
-        .filter_map(|r| {
-            let v = r.left.lock().expect("recorder lock");
-            v.iter()
-                .find(|t| **t > t0)
-                .map(|t| (*t - t0).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    noticed.sort_by(f64::total_cmp);
+    let noticed = first_after(&recorders, t0, |r| &r.left);
     if !noticed.is_empty() {
         eprintln!(
             "fleet: clients entered backoff {:.0} ms (first) / {:.0} ms (median) / {:.0} ms (last) after the restart",
