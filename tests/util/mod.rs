@@ -27,7 +27,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -331,7 +331,11 @@ impl Wsbeat {
         });
         let stderr_log = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&stderr_log);
+        // The child's stderr ends when it exits (nothing else holds the pipe): that is the
+        // event `wait_exit` blocks on. Dropping the sender says it.
+        let (stderr_open, stderr_closed) = mpsc::channel::<()>();
         let stderr_thread = thread::spawn(move || {
+            let _open = stderr_open;
             let mut r = stderr;
             let mut buf = [0u8; 4096];
             loop {
@@ -350,6 +354,7 @@ impl Wsbeat {
             pending: VecDeque::new(),
             stdout_log,
             stderr_log,
+            stderr_closed,
             readers: vec![stdout_thread, stderr_thread],
             status: None,
         }
@@ -414,6 +419,8 @@ pub struct Running {
     pending: VecDeque<String>,
     stdout_log: Arc<Mutex<Vec<String>>>,
     stderr_log: Arc<Mutex<Vec<u8>>>,
+    /// Disconnects when the child's stderr reaches EOF, i.e. when the child has exited.
+    stderr_closed: Receiver<()>,
     readers: Vec<thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
@@ -496,18 +503,16 @@ impl Running {
     /// Waits up to `timeout` for the child to exit; its exit code (`Some(-signal)` if killed
     /// by a signal), or `None` if it is still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_status() {
-                return Some(code_of(s));
+        if let Some(s) = self.try_status() {
+            return Some(code_of(s));
+        }
+        match self.stderr_closed.recv_timeout(timeout) {
+            Err(RecvTimeoutError::Timeout) => None,
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                let s = self.child.wait().expect("wait for the child");
+                self.status = Some(s);
+                Some(code_of(s))
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            // Exit is not observable through a channel with std alone: poll `try_wait`
-            // at a short period, bounded by the deadline.
-            thread::sleep((deadline - now).min(ms(10)));
         }
     }
 
