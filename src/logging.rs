@@ -22,11 +22,16 @@ pub enum Format {
     Plain,
 }
 
+/// The format for this process's stderr, from `JOURNAL_STREAM`.
+fn current_format() -> Format {
+    let journal_stream = std::env::var("JOURNAL_STREAM").ok();
+    choose_format(journal_stream.as_deref(), stderr_identity())
+}
+
 /// Sets up the global logger. Call once, early in `main`; a second call is a
 /// no-op (the first logger stays).
 pub fn init() {
-    let journal_stream = std::env::var("JOURNAL_STREAM").ok();
-    let format = choose_format(journal_stream.as_deref(), stderr_identity());
+    let format = current_format();
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     builder.target(env_logger::Target::Stderr);
@@ -45,8 +50,7 @@ pub fn init() {
 /// shows why the service stopped; elsewhere it is printed as given. Works
 /// before [`init`] too (usage errors).
 pub fn print_error(message: &str) {
-    let journal_stream = std::env::var("JOURNAL_STREAM").ok();
-    let text = match choose_format(journal_stream.as_deref(), stderr_identity()) {
+    let text = match current_format() {
         Format::Journal => journal_line(Level::Error, message),
         Format::Plain => format!("{message}\n"),
     };

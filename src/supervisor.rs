@@ -400,9 +400,7 @@ impl Supervisor {
                 return self.start_connect(now);
             }
             Phase::Connecting { give_up_at, .. } if now >= *give_up_at => {
-                let Phase::Connecting { attempt, .. } = self.replace_phase(now) else {
-                    unreachable!("matched above")
-                };
+                let attempt = self.take_attempt(now);
                 self.abandon(attempt);
                 return self.connect_failed(ConnectError::Timeout(Stage::Resolve), now);
             }
@@ -562,6 +560,14 @@ impl Supervisor {
         }
     }
 
+    /// The attempt of the `Connecting` phase the caller has just matched, leaving `Backoff`.
+    fn take_attempt(&mut self, now: Instant) -> Attempt {
+        match self.replace_phase(now) {
+            Phase::Connecting { attempt, .. } => attempt,
+            _ => unreachable!("called in the Connecting phase only"),
+        }
+    }
+
     /// Cuts an attempt short and keeps its thread to be joined when it has finished.
     fn abandon(&mut self, attempt: Attempt) {
         attempt.abort.abort();
@@ -589,9 +595,7 @@ impl Supervisor {
             self.join_straggler(conn);
             return None;
         }
-        let Phase::Connecting { attempt, .. } = self.replace_phase(now) else {
-            unreachable!("checked above")
-        };
+        let attempt = self.take_attempt(now);
         let _ = attempt.thread.join();
         match result {
             Ok(connection) => self.on_open(conn, *connection, now),
@@ -920,9 +924,7 @@ impl Supervisor {
                 None
             }
             Phase::Connecting { .. } => {
-                let Phase::Connecting { attempt, .. } = self.replace_phase(now) else {
-                    unreachable!("matched above")
-                };
+                let attempt = self.take_attempt(now);
                 self.abandon(attempt);
                 Some(Ending::Stopped)
             }
