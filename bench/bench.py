@@ -399,9 +399,7 @@ def blackhole_phase(server, instances, results, trials):
                 continue
             # Steady state: the connection has carried a heartbeat (answered at once by
             # the server, so the client's backoff is reset), then a random phase.
-            deadline = time.monotonic() + 5
-            while not conn.client_pings and time.monotonic() < deadline:
-                time.sleep(0.01)
+            conn.wait_client_ping(5)
             time.sleep(0.05 + random.uniform(0.0, PING_S))
             n = server.count(inst.path)
             t0 = inst.proxy.blackhole()

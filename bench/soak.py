@@ -67,12 +67,7 @@ def main():
 
     def proven(conn, timeout=5.0):
         """Waits until conn has received a client heartbeat."""
-        deadline = time.monotonic() + timeout
-        while not conn.client_pings and time.monotonic() < deadline:
-            if conn.closed.is_set():
-                return False
-            time.sleep(0.005)
-        return bool(conn.client_pings)
+        return conn.wait_client_ping(timeout)
 
     def sample(label, cycle):
         """proc_stats while connected and idle; retried until two reads agree."""

@@ -50,9 +50,16 @@ class Conn:
         self.path = path
         self.t_open = t_open
         self.client_pings = []  # monotonic times of Ping frames from the client
+        self._pinged_or_closed = threading.Event()
         self._send_lock = threading.Lock()
         self._buf = b""
         self.closed = threading.Event()
+
+    def wait_client_ping(self, timeout):
+        """Blocks until the client has sent a Ping (True) or the connection closed or
+        `timeout` passed (False)."""
+        self._pinged_or_closed.wait(timeout)
+        return bool(self.client_pings)
 
     # -- sending
     def _send(self, opcode, payload=b""):
@@ -148,6 +155,7 @@ class Conn:
                     payload = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
                 if opcode == 0x9:
                     self.client_pings.append(now())
+                    self._pinged_or_closed.set()
                     self._send(0xA, payload)
                 elif opcode == 0x1:
                     text = payload.decode("utf-8", "replace")
@@ -167,6 +175,7 @@ class Conn:
             except OSError:
                 pass
             self.closed.set()
+            self._pinged_or_closed.set()
             self.server._on_closed(self)
 
 
