@@ -76,6 +76,8 @@ pub struct Config {
     pub max_message_size: usize,
     /// Stdin messages held while disconnected.
     pub queue_size: usize,
+    /// Bytes those messages may hold; also the bound on received messages waiting for stdout.
+    pub queue_bytes: usize,
     /// State file, replaced atomically.
     pub status_file: Option<PathBuf>,
     /// Probe mode: one heartbeat, print its RTT, exit.
@@ -106,6 +108,7 @@ impl Config {
             insecure: false,
             max_message_size: 1 << 20,
             queue_size: 1000,
+            queue_bytes: 1 << 20,
             status_file: None,
             once: false,
         }
@@ -174,6 +177,8 @@ Data and state:
                                 with 1009 [1048576]
       --queue-size N            stdin lines held while disconnected; the oldest
                                 is dropped on overflow [1000]
+      --queue-bytes BYTES       bound on the bytes those lines hold, and on
+                                received messages waiting for stdout [1048576]
       --status-file PATH        key=value state file, replaced atomically
 
   -h, --help      print this help and exit
@@ -230,6 +235,7 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("insecure", Kind::Switch),
     ("max-message-size", Kind::Value),
     ("queue-size", Kind::Value),
+    ("queue-bytes", Kind::Value),
     ("status-file", Kind::Value),
     ("once", Kind::Switch),
 ];
@@ -763,6 +769,12 @@ where
     )?;
     let queue_size =
         sources.number::<usize>("queue-size", 0, usize::MAX, "a whole number, 0 or more")?;
+    let queue_bytes = sources.number::<usize>(
+        "queue-bytes",
+        0,
+        usize::MAX,
+        "a whole number of bytes, 0 or more",
+    )?;
     let status_file = sources.path("status-file")?;
     let once = sources.switch("once")?;
 
@@ -867,6 +879,9 @@ where
     if let Some(size) = queue_size {
         config.queue_size = size;
     }
+    if let Some(bytes) = queue_bytes {
+        config.queue_bytes = bytes;
+    }
     config.status_file = status_file.map(|(_, path)| path);
     config.once = once;
     Ok(Parsed::Run(Box::new(config)))
@@ -963,6 +978,7 @@ mod tests {
         assert_eq!(config.max_retries, 0);
         assert_eq!(config.max_message_size, 1_048_576);
         assert_eq!(config.queue_size, 1000);
+        assert_eq!(config.queue_bytes, 1_048_576);
         assert!(config.headers.is_empty() && config.subprotocols.is_empty());
         assert_eq!(config.header_file, None);
         assert_eq!(config.status_file, None);
@@ -1125,6 +1141,7 @@ mod tests {
             ("WSBEAT_INSECURE", "1"),
             ("WSBEAT_MAX_MESSAGE_SIZE", "2048"),
             ("WSBEAT_QUEUE_SIZE", "7"),
+            ("WSBEAT_QUEUE_BYTES", "4096"),
             ("WSBEAT_STATUS_FILE", "/s"),
             ("WSBEAT_ONCE", "true"),
         ];
@@ -1157,6 +1174,7 @@ mod tests {
         assert_eq!(config.client_cert, Some(PathBuf::from("/c")));
         assert_eq!(config.client_key, Some(PathBuf::from("/k")));
         assert_eq!((config.max_message_size, config.queue_size), (2048, 7));
+        assert_eq!(config.queue_bytes, 4096);
         assert_eq!(config.status_file, Some(PathBuf::from("/s")));
     }
 

@@ -9,7 +9,7 @@
 //! a dead connection to the supervisor itself.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
 use crate::config::HeartbeatMode;
+use crate::outbox::Outbox;
 use crate::reader::SharedSocket;
 use crate::supervisor::{ConnId, Event};
 
@@ -74,6 +75,11 @@ pub struct Liveness {
     last_sent: Option<Instant>,
     rtt: Option<Duration>,
     proven: bool,
+    /// The reader is waiting for room in a full output buffer: answers may be
+    /// sitting unread in the socket, so silence is not the server's fault.
+    paused: bool,
+    /// When the reader last went on after such a pause.
+    resumed_at: Option<Instant>,
 }
 
 impl Liveness {
@@ -95,7 +101,22 @@ impl Liveness {
             last_sent: None,
             rtt: None,
             proven: false,
+            paused: false,
+            resumed_at: None,
         }
+    }
+
+    /// The reader stopped reading because the output (stdout) does not keep up.
+    /// Until [`resume`](Liveness::resume), no heartbeat is judged unanswered.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// The reader reads again at `at`: every heartbeat still unanswered gets a
+    /// full `--pong-timeout` from now, time to read the answers that waited.
+    pub fn resume(&mut self, at: Instant) {
+        self.paused = false;
+        self.resumed_at = self.resumed_at.max(Some(at));
     }
 
     /// The heartbeat thread sent heartbeat `seq` at `sent_at`.
@@ -161,11 +182,14 @@ impl Liveness {
         }
     }
 
-    /// When the oldest unanswered heartbeat runs out of time.
+    /// When the oldest unanswered heartbeat runs out of time; none while the reader is paused.
     pub fn deadline(&self) -> Option<Instant> {
-        self.unanswered
-            .front()
-            .map(|&(_, sent_at)| sent_at + self.pong_timeout)
+        if self.paused {
+            return None;
+        }
+        self.unanswered.front().map(|&(_, sent_at)| {
+            sent_at.max(self.resumed_at.unwrap_or(sent_at)) + self.pong_timeout
+        })
     }
 
     /// No proof of liveness arrived within `--pong-timeout` of a heartbeat.
@@ -184,12 +208,12 @@ impl Liveness {
     }
 }
 
-/// What the supervisor asks the heartbeat thread to do.
+/// What the supervisor (and the outbox) ask the heartbeat thread to do.
 #[derive(Debug)]
 pub enum Command {
-    /// Send one text message (a stdin line).
-    Send(String),
-    /// Send a Close frame with this code and reason.
+    /// Lines wait in the outbox.
+    Wake,
+    /// Send a Close frame with this code and reason; no lines are written after it.
     Close(CloseCode, &'static str),
 }
 
@@ -216,112 +240,161 @@ pub fn lock(liveness: &SharedLiveness) -> MutexGuard<'_, Liveness> {
     liveness.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Body of the heartbeat thread. It judges liveness itself, so an idle, healthy
-/// connection costs one wake-up per ping here and one in the reader, and none in
-/// the supervisor. Returns the text messages it was handed but did not write,
-/// so the supervisor can queue them for the next connection.
-pub fn run(
-    conn: ConnId,
-    socket: Arc<SharedSocket>,
-    schedule: Schedule,
-    liveness: SharedLiveness,
-    commands: Receiver<Command>,
-    events: Sender<Event>,
-) -> Vec<String> {
-    let (base, pong_timeout) = {
-        let live = lock(&liveness);
-        (live.base, live.pong_timeout)
-    };
-    let start = Instant::now();
-    let mut next_ping = match (schedule.immediate, schedule.interval.is_zero()) {
-        (true, _) => Some(start),
-        (false, true) => None,
-        (false, false) => Some(start + schedule.interval),
-    };
-    let mut seq: u64 = 0;
-    let failed = loop {
-        let now = Instant::now();
-        let deadline = {
-            let live = lock(&liveness);
-            if live.is_dead(now) {
-                break format!(
-                    "no heartbeat answer within --pong-timeout ({} ms)",
-                    pong_timeout.as_millis()
-                );
-            }
-            live.deadline()
+/// Most bytes of lines written per lock of the socket: one `write(2)` for a burst
+/// of small lines, and the reader and heartbeat get their turn between batches.
+pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Everything the heartbeat thread needs.
+pub struct Writer {
+    /// Connection this thread serves; tags every event.
+    pub conn: ConnId,
+    /// The shared WebSocket.
+    pub socket: Arc<SharedSocket>,
+    /// When and how to ping.
+    pub schedule: Schedule,
+    /// Shared with the reader.
+    pub liveness: SharedLiveness,
+    /// Lines to send.
+    pub outbox: Arc<Outbox>,
+    /// Wake-ups and the Close; dropping every sender ends the thread.
+    pub commands: Receiver<Command>,
+    /// The supervisor's channel.
+    pub events: Sender<Event>,
+}
+
+impl Writer {
+    /// Body of the heartbeat thread. It judges liveness itself, so an idle, healthy
+    /// connection costs one wake-up per ping here and one in the reader, and none in
+    /// the supervisor. It is also the only writer of lines: woken by the outbox, it
+    /// writes them in batches until the outbox runs dry, and puts back what a
+    /// failed write did not take.
+    pub fn run(self) {
+        let (base, pong_timeout) = {
+            let live = lock(&self.liveness);
+            (live.base, live.pong_timeout)
         };
-        if let Some(due) = next_ping.filter(|&due| now >= due) {
-            seq += 1;
-            // Recorded before the write, so the answer can never be seen first.
-            lock(&liveness).on_ping_sent(seq, now);
-            let message = match schedule.mode {
-                HeartbeatMode::Control => {
-                    let micros = now.saturating_duration_since(base).as_micros() as u64;
-                    Message::Ping(Bytes::copy_from_slice(&encode_ping(seq, micros)))
+        let schedule = &self.schedule;
+        let start = Instant::now();
+        let mut next_ping = match (schedule.immediate, schedule.interval.is_zero()) {
+            (true, _) => Some(start),
+            (false, true) => None,
+            (false, false) => Some(start + schedule.interval),
+        };
+        let mut seq: u64 = 0;
+        let mut lines_waiting = false;
+        let mut closing = false;
+        let failed = loop {
+            let now = Instant::now();
+            let deadline = {
+                let live = lock(&self.liveness);
+                if live.is_dead(now) {
+                    break format!(
+                        "no heartbeat answer within --pong-timeout ({} ms)",
+                        pong_timeout.as_millis()
+                    );
                 }
-                HeartbeatMode::Text => Message::text(schedule.ping_text.clone()),
+                live.deadline()
             };
-            if let Err(err) = socket.write(|ws| ws.send(message)) {
-                break describe_write_error(err);
-            }
-            // Keep the cadence, but never catch up on missed beats in a burst.
-            let next = due + schedule.interval;
-            next_ping = Some(if next > Instant::now() {
-                next
-            } else {
-                Instant::now() + schedule.interval
-            })
-            .filter(|_| !schedule.interval.is_zero());
-            continue;
-        }
-        let wake = [next_ping, deadline].into_iter().flatten().min();
-        let command = match wake {
-            Some(wake) => commands.recv_timeout(wake.saturating_duration_since(now)),
-            None => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match command {
-            Ok(Command::Send(text)) => {
-                if let Err(err) = socket.write(|ws| ws.send(Message::text(text.clone()))) {
-                    let mut unsent = vec![text];
-                    unsent.extend(unsent_texts(&commands));
-                    report_dead(&events, conn, describe_write_error(err));
-                    return unsent;
-                }
-                let _ = events.send(Event::Written { conn });
-            }
-            Ok(Command::Close(code, reason)) => {
-                // `close` writes and flushes the frame itself.
-                let closed = socket.write(|ws| {
-                    ws.close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    }))
-                });
-                if let Err(err) = closed {
+            if let Some(due) = next_ping.filter(|&due| now >= due) {
+                seq += 1;
+                // Recorded before the write, so the answer can never be seen first.
+                lock(&self.liveness).on_ping_sent(seq, now);
+                let message = match schedule.mode {
+                    HeartbeatMode::Control => {
+                        let micros = now.saturating_duration_since(base).as_micros() as u64;
+                        Message::Ping(Bytes::copy_from_slice(&encode_ping(seq, micros)))
+                    }
+                    HeartbeatMode::Text => Message::text(schedule.ping_text.clone()),
+                };
+                if let Err(err) = self.socket.write(|ws| ws.send(message)) {
                     break describe_write_error(err);
                 }
+                // Keep the cadence, but never catch up on missed beats in a burst.
+                let next = due + schedule.interval;
+                next_ping = Some(if next > Instant::now() {
+                    next
+                } else {
+                    Instant::now() + schedule.interval
+                })
+                .filter(|_| !schedule.interval.is_zero());
+                continue;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return Vec::new(),
-        }
-    };
-    report_dead(&events, conn, failed);
-    unsent_texts(&commands)
-}
+            let command = if lines_waiting && !closing {
+                let batch = self.outbox.take(WRITE_BATCH_BYTES);
+                if batch.is_empty() {
+                    lines_waiting = false;
+                    continue;
+                }
+                if let Err(err) = self.write_lines(batch) {
+                    break describe_write_error(err);
+                }
+                // A long burst does not hold back a Close or the end of the connection.
+                match self.commands.try_recv() {
+                    Ok(command) => command,
+                    Err(TryRecvError::Empty) => continue,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                let wake = [next_ping, deadline].into_iter().flatten().min();
+                let received = match wake {
+                    Some(wake) => self
+                        .commands
+                        .recv_timeout(wake.saturating_duration_since(now)),
+                    None => self
+                        .commands
+                        .recv()
+                        .map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match received {
+                    Ok(command) => command,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            match command {
+                Command::Wake => lines_waiting = true,
+                Command::Close(code, reason) => {
+                    closing = true;
+                    // `close` writes and flushes the frame itself.
+                    let closed = self.socket.write(|ws| {
+                        ws.close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        }))
+                    });
+                    if let Err(err) = closed {
+                        break describe_write_error(err);
+                    }
+                }
+            }
+        };
+        let _ = self.events.send(Event::Dead {
+            conn: self.conn,
+            reason: failed,
+        });
+    }
 
-fn unsent_texts(commands: &Receiver<Command>) -> Vec<String> {
-    commands
-        .try_iter()
-        .filter_map(|command| match command {
-            Command::Send(text) => Some(text),
-            Command::Close(..) => None,
-        })
-        .collect()
-}
-
-fn report_dead(events: &Sender<Event>, conn: ConnId, reason: String) {
-    let _ = events.send(Event::Dead { conn, reason });
+    /// Writes `batch` with one flush. On failure, the lines tungstenite did not
+    /// take go back to the front of the outbox; a line it took may have reached
+    /// the server and is not sent twice.
+    fn write_lines(&self, batch: Vec<String>) -> Result<(), tungstenite::Error> {
+        let mut lines = VecDeque::from(batch);
+        let written = self.socket.write(|ws| {
+            while let Some(line) = lines.pop_front() {
+                if !ws.can_write() {
+                    // Closing: this line was never framed; it waits for the next connection.
+                    lines.push_front(line);
+                    return Err(tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::SendAfterClosing,
+                    ));
+                }
+                ws.write(Message::text(line))?;
+            }
+            ws.flush()
+        });
+        self.outbox.taken_done(lines.into());
+        written
+    }
 }
 
 fn describe_write_error(err: tungstenite::Error) -> String {

@@ -64,10 +64,12 @@
 
 pub mod backoff;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod headers;
 pub mod heartbeat;
 pub mod logging;
+pub mod outbox;
 pub mod reader;
 pub mod sd_notify;
 #[allow(unsafe_code)]
@@ -75,6 +77,8 @@ pub mod signals;
 pub mod status_file;
 #[allow(unsafe_code)]
 pub mod stdin;
+#[allow(unsafe_code)]
+pub mod stdout;
 pub mod supervisor;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -83,37 +87,12 @@ pub mod tls;
 pub mod tls;
 pub mod transport;
 
-use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use config::Config;
 use error::ConfigError;
-use supervisor::{Ending, Observer, Supervisor, Systemd};
-
-/// Writes each server text message to stdout as one line, flushed at once.
-pub struct StdoutLines;
-
-impl Observer for StdoutLines {
-    fn message(&self, text: &str) {
-        let mut out = std::io::stdout().lock();
-        let written = out
-            .write_all(text.as_bytes())
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        // A failing stdout does not stop the client: under systemd it is the journal's
-        // stream, which breaks when journald restarts, and the connection matters more
-        // than the copy of its messages. Said once, not per message.
-        static WARNED: AtomicBool = AtomicBool::new(false);
-        match written {
-            Err(err) if !WARNED.swap(true, Ordering::Relaxed) => {
-                log::warn!("stdout: {err}; server messages are discarded while it fails");
-            }
-            Err(err) => log::debug!("stdout: {err}"),
-            Ok(()) => {}
-        }
-    }
-}
+pub use stdout::StdoutLines;
+use supervisor::{Ending, Supervisor, Systemd};
 
 /// glibc gives every thread that allocates its own arena; a client that moves a
 /// few messages a second gains nothing from that and pays for each arena in
@@ -146,7 +125,11 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     limit_malloc_arenas();
     let once = config.once;
     let max_line = config.max_message_size;
-    let supervisor = Supervisor::new(config, Arc::new(StdoutLines))?;
+    let stdout = match StdoutLines::new() {
+        Ok(stdout) => stdout,
+        Err(err) => return Ok(Ending::GaveUp(format!("stdout: {err}"))),
+    };
+    let supervisor = Supervisor::new(config, Arc::new(stdout))?;
     let systemd = Systemd {
         notifier: sd_notify::Notifier::from_env(),
         watchdog: sd_notify::watchdog_interval(

@@ -29,11 +29,14 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+use crate::delivery::{BATCH_BYTES, Delivery};
 use crate::heartbeat::{self, Proof, SharedLiveness};
 use crate::supervisor::{ConnId, Event, Observer};
 use crate::transport::Stream;
 
-/// Most messages drained per lock acquisition, so waiting writers get their turn.
+/// Most messages drained per lock acquisition, so waiting writers get their turn;
+/// also at most [`BATCH_BYTES`] of text, so the reader holds little beyond the
+/// output buffer's bound.
 pub const BATCH: usize = 32;
 
 /// The connection's WebSocket, shared by its reader and heartbeat threads.
@@ -96,8 +99,12 @@ pub struct Reader {
     pub pong_text: Option<String>,
     /// Where answers to heartbeats are recorded.
     pub liveness: SharedLiveness,
-    /// Receives text messages.
+    /// Told each heartbeat round trip.
     pub observer: Arc<dyn Observer>,
+    /// Where received text messages wait for the observer (stdout).
+    pub delivery: Arc<Delivery>,
+    /// This connection's generation in `delivery`.
+    pub generation: u64,
     /// The supervisor's channel.
     pub events: Sender<Event>,
 }
@@ -123,7 +130,10 @@ impl Reader {
     fn read_until_end(&self) -> Ending {
         let mut texts = Vec::new();
         let mut proofs = Vec::new();
-        let mut must_wait = true;
+        // Drain first: frames that came in the same read as the handshake response
+        // already sit in tungstenite's buffer, and the socket may never become
+        // readable again for them (a welcome message, a Ping, a Close).
+        let mut must_wait = false;
         loop {
             if must_wait {
                 match self.wait_on.peek(&mut [0u8; 1]) {
@@ -135,16 +145,29 @@ impl Reader {
             }
             let (drained, ending) = self.drain(&mut texts, &mut proofs);
             must_wait = drained;
-            // Deliver outside the lock: a slow stdout must not stall the heartbeat's writes.
-            for text in texts.drain(..) {
-                self.observer.message(&text);
-            }
             if !proofs.is_empty() {
                 self.record(&mut proofs);
+            }
+            if !texts.is_empty() {
+                self.deliver(&mut texts);
             }
             if let Some(ending) = ending {
                 return ending;
             }
+        }
+    }
+
+    /// Hands messages to the delivery thread, outside the socket lock. With the
+    /// output buffer full this waits, and reading stops: TCP flow control then
+    /// slows the server down. Meanwhile the heartbeat must not count unread
+    /// answers as missing, so the liveness is paused for the wait.
+    fn deliver(&self, texts: &mut Vec<String>) {
+        let waited = self.delivery.push(texts, self.generation, || {
+            log::debug!("output buffer full: reading paused until stdout catches up");
+            heartbeat::lock(&self.liveness).pause();
+        });
+        if waited {
+            heartbeat::lock(&self.liveness).resume(Instant::now());
         }
     }
 
@@ -181,7 +204,11 @@ impl Reader {
         let mut drained = false;
         let mut ending = None;
         let mut other_at = None;
+        let mut text_bytes = 0usize;
         for _ in 0..BATCH {
+            if text_bytes >= BATCH_BYTES {
+                break;
+            }
             let message = match ws.read() {
                 Ok(message) => message,
                 Err(tungstenite::Error::Io(err))
@@ -190,31 +217,8 @@ impl Reader {
                     drained = true;
                     break;
                 }
-                Err(tungstenite::Error::Capacity(err)) => {
-                    let _ = ws.close(Some(CloseFrame {
-                        code: CloseCode::Size,
-                        reason: "message too big".into(),
-                    }));
-                    ending = Some(Ending::Dead(format!(
-                        "incoming message over --max-message-size ({err}), closed with 1009"
-                    )));
-                    break;
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    ending = Some(Ending::Dead("connection closed by server".into()));
-                    break;
-                }
-                Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )) => {
-                    // A server restart or a proxy's idle cut: FIN without a Close frame.
-                    ending = Some(Ending::Dead(
-                        "server closed the TCP connection without a Close frame".into(),
-                    ));
-                    break;
-                }
                 Err(err) => {
-                    ending = Some(Ending::Dead(format!("read: {err}")));
+                    ending = Some(fail(&mut ws, err));
                     break;
                 }
             };
@@ -224,6 +228,7 @@ impl Reader {
                     if self.pong_text.as_deref() == Some(text.as_str()) {
                         proofs.push((Proof::TextPong, at));
                     } else {
+                        text_bytes += text.len();
                         texts.push(text.to_string());
                         other_at = Some(at);
                     }
@@ -252,6 +257,53 @@ impl Reader {
         // Whatever tungstenite still holds (a Pong, our Close reply, a 1009 Close) goes
         // out now, bounded by the write timeout. Errors surface on the next read.
         let _ = ws.flush();
+        // A write that ran into the write timeout (here, or inside tungstenite's read,
+        // which swallows it) means the server stopped reading: the connection is dead,
+        // whatever it still sends. Waiting for the next write would double the delay.
+        if ending.is_none() && ws.get_ref().write_stalled() {
+            ending = Some(Ending::Dead(
+                "write timed out: the server stopped reading".into(),
+            ));
+        }
         (drained, ending)
     }
+}
+
+/// The connection's ending for a read error. Errors that break RFC 6455 are answered
+/// with the Close its §7.1.7 asks for (1002, 1007 for invalid UTF-8, 1009 for a message
+/// over `--max-message-size`) before the TCP connection is dropped.
+fn fail(ws: &mut WebSocket<Stream>, err: tungstenite::Error) -> Ending {
+    use tungstenite::error::ProtocolError;
+    let (code, reason, why) = match err {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            return Ending::Dead("connection closed by server".into());
+        }
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            // A server restart or a proxy's idle cut: FIN without a Close frame.
+            return Ending::Dead("server closed the TCP connection without a Close frame".into());
+        }
+        tungstenite::Error::Io(err) => return Ending::Dead(format!("read: {err}")),
+        tungstenite::Error::Capacity(err) => (
+            CloseCode::Size,
+            "message too big",
+            format!("incoming message over --max-message-size ({err}), closed with 1009"),
+        ),
+        tungstenite::Error::Utf8(err) => (
+            CloseCode::Invalid,
+            "invalid UTF-8",
+            format!("invalid UTF-8 in a text message ({err}), closed with 1007"),
+        ),
+        tungstenite::Error::Protocol(err) => (
+            CloseCode::Protocol,
+            "protocol error",
+            format!("protocol error: {err}, closed with 1002"),
+        ),
+        other => return Ending::Dead(format!("read: {other}")),
+    };
+    // `close` queues the frame and flushes it, bounded by the write timeout.
+    let _ = ws.close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    Ending::Dead(why)
 }

@@ -9,7 +9,6 @@
 //! always a `recv_timeout` until its next deadline, and it stays responsive to
 //! signals and the watchdog whatever the network does.
 
-use std::collections::VecDeque;
 use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -21,9 +20,11 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::backoff::{Backoff, Failure, Random, SplitMix64};
 use crate::config::{Config, HeartbeatMode};
+use crate::delivery::{self, Delivery};
 use crate::error::{ConfigError, ConnectError, Stage};
 use crate::headers::read_header_file;
-use crate::heartbeat::{self, Command, Liveness, Schedule, SharedLiveness};
+use crate::heartbeat::{self, Command, Liveness, Schedule, SharedLiveness, Writer};
+use crate::outbox::Outbox;
 use crate::reader::{Reader, SharedSocket};
 use crate::sd_notify::{Notifier, Notify};
 use crate::status_file::{State, Status, StatusFile};
@@ -34,8 +35,6 @@ use crate::transport::{self, Abort, Connection, Dial};
 /// from a connection already torn down is recognised and ignored.
 pub type ConnId = u64;
 
-/// Lines handed to the heartbeat thread ahead of confirmation; the rest wait in the queue.
-const SEND_WINDOW: usize = 8;
 /// With the heartbeat off, a connection this old counts as proven alive.
 const QUIET_PROOF: Duration = Duration::from_secs(10);
 /// From SIGTERM/SIGINT to exit: the contract's "wait at most 2 s for the server's
@@ -68,11 +67,6 @@ pub enum Event {
         /// The round trip of that heartbeat, if it was a matching pong.
         rtt: Option<Duration>,
     },
-    /// The heartbeat thread wrote one queued line.
-    Written {
-        /// Connection.
-        conn: ConnId,
-    },
     /// The server closed the connection with a Close frame (already answered).
     Closed {
         /// Connection.
@@ -89,8 +83,6 @@ pub enum Event {
         /// Why, one line.
         reason: String,
     },
-    /// A line to send to the server.
-    Line(String),
     /// Input ended; nothing to do but note it.
     InputClosed,
     /// SIGHUP: re-read files, reconnect at once.
@@ -101,8 +93,20 @@ pub enum Event {
 
 /// Receives what the client gets from the server, and its state changes.
 pub trait Observer: Send + Sync {
-    /// A text message from the server (heartbeat replies excluded).
+    /// A text message from the server (heartbeat replies excluded). Called on the
+    /// delivery thread, never on the reader: it may take its time (received
+    /// messages wait in a buffer bounded by `--queue-bytes`, and when that is full
+    /// the client stops reading from the server).
     fn message(&self, text: &str);
+    /// Several messages at once, in order; by default [`message`](Observer::message) each.
+    fn messages(&self, texts: &[String]) {
+        for text in texts {
+            self.message(text);
+        }
+    }
+    /// The client is stopping and will not wait any longer: a `message` call that
+    /// is blocked (on a stdout nobody reads) should return soon.
+    fn interrupt(&self) {}
     /// The state changed (connecting, connected, backoff, stopped).
     fn state(&self, _status: &Status) {}
     /// A heartbeat was answered after `rtt`. Called on the reader thread; keep it short.
@@ -124,12 +128,16 @@ pub enum Ending {
 
 /// A cloneable way to talk to a running supervisor from other threads.
 #[derive(Clone)]
-pub struct Handle(Sender<Event>);
+pub struct Handle(Sender<Event>, Arc<Outbox>);
 
 impl Handle {
-    /// Sends `text` to the server (queued while disconnected).
+    /// Sends `text` to the server. While connected, a full queue (`--queue-size`
+    /// lines or `--queue-bytes` bytes) makes this wait until the connection has
+    /// taken lines, so nothing is dropped; while disconnected, a full queue drops
+    /// its oldest line instead (counted in the status). Returns at once, with the
+    /// line discarded, once the supervisor has stopped.
     pub fn send(&self, text: String) {
-        let _ = self.0.send(Event::Line(text));
+        self.1.push(text);
     }
 
     /// Close with 1001 and end [`Supervisor::run`].
@@ -163,7 +171,7 @@ struct Active {
     tcp: TcpStream,
     commands: Sender<Command>,
     reader: JoinHandle<()>,
-    heartbeat: JoinHandle<Vec<String>>,
+    heartbeat: JoinHandle<()>,
     liveness: SharedLiveness,
     /// Round trip last written to the status file and STATUS=.
     reported_rtt: Option<Duration>,
@@ -220,8 +228,12 @@ pub struct Supervisor {
     status_dirty: bool,
     next_refresh: Option<Instant>,
     next_watchdog: Option<Instant>,
-    queue: VecDeque<String>,
-    in_flight: usize,
+    /// Lines for the server (stdin), shared with [`Handle`]s and the writer.
+    outbox: Arc<Outbox>,
+    /// Received messages on their way to the observer.
+    delivery: Arc<Delivery>,
+    /// The thread that passes `delivery` on to the observer; started by `run`.
+    delivery_thread: Option<JoinHandle<()>>,
     /// Set by SIGTERM/SIGINT: when the process must be on its way out.
     stop_by: Option<Instant>,
     /// Connect attempts abandoned (past their deadline, or by a stop or reload) and
@@ -250,6 +262,8 @@ impl Supervisor {
         Ok(Supervisor {
             backoff: Backoff::new(config.backoff_initial, config.backoff_max),
             status_file: config.status_file.clone().map(StatusFile::new),
+            outbox: Arc::new(Outbox::new(config.queue_size, config.queue_bytes)),
+            delivery: Arc::new(Delivery::new(config.queue_bytes)),
             config,
             file_headers,
             tls_files,
@@ -269,8 +283,7 @@ impl Supervisor {
             status_dirty: false,
             next_refresh: None,
             next_watchdog: None,
-            queue: VecDeque::new(),
-            in_flight: 0,
+            delivery_thread: None,
             stop_by: None,
             stragglers: Vec::new(),
         })
@@ -290,11 +303,16 @@ impl Supervisor {
 
     /// A handle for other threads (stdin, signals, the embedding application).
     pub fn handle(&self) -> Handle {
-        Handle(self.events.clone())
+        Handle(self.events.clone(), Arc::clone(&self.outbox))
     }
 
     /// Runs until stopped, given up, or the `--once` probe is decided.
     pub fn run(mut self) -> Ending {
+        if let Err(err) = self.start_delivery() {
+            // Without it nothing received could be passed on; there is no way to run.
+            log::error!("output thread: {err}");
+            return self.finish(Ending::GaveUp(format!("output thread: {err}")));
+        }
         self.notify(&[Notify::Ready]);
         if let Some(interval) = self.systemd.watchdog {
             self.next_watchdog = Some(Instant::now() + interval);
@@ -329,6 +347,22 @@ impl Supervisor {
         }
     }
 
+    fn start_delivery(&mut self) -> std::io::Result<()> {
+        let delivery = Arc::clone(&self.delivery);
+        // Probe mode prints only the round trip.
+        let observer: Arc<dyn Observer> = if self.config.once {
+            Arc::new(Silent)
+        } else {
+            Arc::clone(&self.observer)
+        };
+        let thread = thread::Builder::new()
+            .name("wsbeat-output".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || delivery::run(&delivery, |batch| observer.messages(batch)))?;
+        self.delivery_thread = Some(thread);
+        Ok(())
+    }
+
     /// The earliest moment something must happen without an event.
     fn next_deadline(&self) -> Option<Instant> {
         let phase = match &self.phase {
@@ -361,6 +395,11 @@ impl Supervisor {
     }
 
     fn refresh_status(&mut self, now: Instant) {
+        let dropped = self.outbox.dropped();
+        if dropped != self.status.dropped {
+            self.status.dropped = dropped;
+            self.status_dirty = true;
+        }
         if let Phase::Connected(active) = &mut self.phase {
             let rtt = heartbeat::lock(&active.liveness).rtt();
             if rtt != active.reported_rtt {
@@ -428,13 +467,6 @@ impl Supervisor {
         match event {
             Event::Connected { conn, result } => self.on_connected(conn, result, now),
             Event::Proven { conn, rtt } => self.on_proven(conn, rtt, now),
-            Event::Written { conn } => {
-                if self.active_mut(conn).is_some() {
-                    self.in_flight = self.in_flight.saturating_sub(1);
-                    self.pump();
-                }
-                None
-            }
             Event::Closed { conn, code, reason } => {
                 let closing = self.active_mut(conn)?.closing_until.is_some();
                 let code_text = code.map_or("no code".to_string(), |c| c.to_string());
@@ -457,11 +489,6 @@ impl Supervisor {
                     return Some(Ending::ProbeFailed(reason));
                 }
                 self.connection_lost(reason, false)
-            }
-            Event::Line(text) => {
-                self.enqueue(text);
-                self.pump();
-                None
             }
             Event::InputClosed => {
                 log::debug!("stdin closed; the connection stays up");
@@ -633,11 +660,9 @@ impl Supervisor {
             wait_on,
             pong_text: (self.config.heartbeat == HeartbeatMode::Text)
                 .then(|| self.config.pong_text.clone()),
-            observer: if self.config.once {
-                Arc::new(Silent)
-            } else {
-                Arc::clone(&self.observer)
-            },
+            observer: Arc::clone(&self.observer),
+            delivery: Arc::clone(&self.delivery),
+            generation: self.delivery.generation(),
             liveness: Arc::clone(&liveness),
             events: self.events.clone(),
         };
@@ -647,8 +672,15 @@ impl Supervisor {
             ping_text: self.config.ping_text.clone(),
             immediate: self.config.once,
         };
-        let events = self.events.clone();
-        let heartbeat_liveness = Arc::clone(&liveness);
+        let writer = Writer {
+            conn,
+            socket,
+            schedule,
+            liveness: Arc::clone(&liveness),
+            outbox: Arc::clone(&self.outbox),
+            commands: command_inbox,
+            events: self.events.clone(),
+        };
         let reader = thread::Builder::new()
             .name("wsbeat-reader".into())
             .stack_size(THREAD_STACK)
@@ -663,16 +695,7 @@ impl Supervisor {
         let heartbeat = thread::Builder::new()
             .name("wsbeat-heartbeat".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || {
-                heartbeat::run(
-                    conn,
-                    socket,
-                    schedule,
-                    heartbeat_liveness,
-                    command_inbox,
-                    events,
-                )
-            });
+            .spawn(move || writer.run());
         let heartbeat = match heartbeat {
             Ok(heartbeat) => heartbeat,
             Err(err) => {
@@ -681,6 +704,12 @@ impl Supervisor {
                 return self.connect_failed(ConnectError::Tcp(err), now);
             }
         };
+        // From here on the outbox wakes the writer when lines wait (at once if some
+        // queued up during the outage).
+        let wake = commands.clone();
+        self.outbox.attach(Box::new(move || {
+            let _ = wake.send(Command::Wake);
+        }));
         self.phase = Phase::Connected(Box::new(Active {
             conn,
             tcp,
@@ -701,7 +730,6 @@ impl Supervisor {
         // last_error stays: beside `state=connected` and `reconnects=N` it tells why the
         // last reconnect happened (the contract's example shows exactly that).
         self.set_state(State::Connected, now);
-        self.pump();
         None
     }
 
@@ -800,76 +828,18 @@ impl Supervisor {
             heartbeat,
             ..
         } = *active;
+        // Lines go back to drop-oldest mode, and a reader waiting for room in the
+        // output buffer is released; the outbox also drops its waker, the writer's
+        // last command sender besides ours.
+        self.outbox.detach();
+        self.delivery.end_connection();
         if !graceful {
             let _ = tcp.shutdown(Shutdown::Both);
         }
         drop(commands);
-        let unsent = heartbeat.join().unwrap_or_default();
+        let _ = heartbeat.join();
         let _ = tcp.shutdown(Shutdown::Both);
         let _ = reader.join();
-        // Lines handed to the heartbeat thread but not written go back to the front, in order.
-        for text in unsent.into_iter().rev() {
-            self.queue.push_front(text);
-        }
-        while self.queue.len() > self.config.queue_size {
-            self.drop_oldest();
-        }
-        self.in_flight = 0;
-    }
-
-    fn enqueue(&mut self, text: String) {
-        if self.queue.len() >= self.config.queue_size {
-            let can_send_now = self.in_flight < SEND_WINDOW
-                && matches!(&self.phase, Phase::Connected(a) if a.closing_until.is_none());
-            if !can_send_now {
-                if self.config.queue_size == 0 {
-                    self.count_dropped();
-                    return;
-                }
-                self.drop_oldest();
-            }
-        }
-        self.queue.push_back(text);
-    }
-
-    fn drop_oldest(&mut self) {
-        if self.queue.pop_front().is_some() {
-            self.count_dropped();
-        }
-    }
-
-    fn count_dropped(&mut self) {
-        self.status.dropped += 1;
-        if self.status.dropped == 1 || self.status.dropped % 100 == 0 {
-            log::warn!(
-                "queue full (--queue-size {}): {} message(s) dropped so far",
-                self.config.queue_size,
-                self.status.dropped
-            );
-        }
-        self.status_dirty = true;
-    }
-
-    /// Hands queued lines to the heartbeat thread while the window allows.
-    fn pump(&mut self) {
-        let Phase::Connected(active) = &self.phase else {
-            return;
-        };
-        if active.closing_until.is_some() {
-            return;
-        }
-        while self.in_flight < SEND_WINDOW {
-            let Some(text) = self.queue.pop_front() else {
-                break;
-            };
-            if let Err(mpsc::SendError(Command::Send(text))) =
-                active.commands.send(Command::Send(text))
-            {
-                self.queue.push_front(text);
-                break;
-            }
-            self.in_flight += 1;
-        }
     }
 
     fn reload(&mut self, now: Instant) -> Option<Ending> {
@@ -891,7 +861,7 @@ impl Supervisor {
                 // peer may have stopped reading and the Close would queue behind them for
                 // up to --pong-timeout: cut the connection instead (unsent lines are kept).
                 // Otherwise a full socket gets RELOAD_CLOSE_WRITE for the Close.
-                let graceful = self.in_flight == 0;
+                let graceful = self.outbox.is_idle();
                 if graceful {
                     let _ = active.tcp.set_write_timeout(Some(RELOAD_CLOSE_WRITE));
                     let _ = active
@@ -933,6 +903,8 @@ impl Supervisor {
     }
 
     fn finish(mut self, ending: Ending) -> Ending {
+        // No more lines: a producer waiting for room goes on, its line discarded.
+        self.outbox.close();
         self.teardown(false);
         if !matches!(ending, Ending::Stopped) {
             self.notify(&[Notify::Stopping]);
@@ -944,6 +916,7 @@ impl Supervisor {
         // Aborted attempts end at once; one stuck in DNS or in the TCP connect cannot be
         // interrupted and gets a bounded wait before the process leaves it behind.
         let give_up = self.stop_by.unwrap_or_else(|| Instant::now() + LEAVE_GRACE);
+        self.finish_delivery(give_up);
         while !self.stragglers.is_empty() {
             let left = give_up.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(left) {
@@ -953,6 +926,25 @@ impl Supervisor {
             }
         }
         ending
+    }
+
+    /// Lets the delivery thread pass on what was received, until `deadline`: an
+    /// output nobody reads must not hold up a stop. What is left is discarded.
+    fn finish_delivery(&mut self, deadline: Instant) {
+        self.delivery.close();
+        let Some(thread) = self.delivery_thread.take() else {
+            return;
+        };
+        if !self.delivery.wait_drained(deadline) {
+            self.observer.interrupt();
+            let lost = self.delivery.discard();
+            log::warn!(
+                "stopping: the output did not keep up; {lost} received message(s) not written"
+            );
+        }
+        if thread.join().is_err() {
+            log::error!("output thread panicked");
+        }
     }
 
     fn set_state(&mut self, state: State, now: Instant) {
@@ -986,6 +978,7 @@ impl Supervisor {
 
     fn write_status(&mut self, now: Instant) {
         self.status_dirty = false;
+        self.status.dropped = self.outbox.dropped();
         self.schedule_refresh(now);
         if let Some(file) = &self.status_file {
             if let Err(err) = file.write(&self.status) {

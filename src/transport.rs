@@ -32,6 +32,9 @@ use crate::tls::Connector;
 pub struct Socket {
     tcp: TcpStream,
     draining: bool,
+    /// A write ran into the socket's write timeout: the peer stopped reading. Kept
+    /// here because tungstenite swallows that error when it flushes a Pong inside `read`.
+    write_stalled: bool,
 }
 
 impl Socket {
@@ -39,6 +42,7 @@ impl Socket {
         Socket {
             tcp,
             draining: false,
+            write_stalled: false,
         }
     }
 }
@@ -73,7 +77,16 @@ impl Read for Socket {
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.write(buf)
+        let written = self.tcp.write(buf);
+        if let Err(err) = &written {
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                self.write_stalled = true;
+            }
+        }
+        written
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -98,6 +111,15 @@ impl Stream {
             Stream::Plain(socket) => socket.draining = on,
             #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.get_mut().draining = on,
+        }
+    }
+
+    /// A write has run into the write timeout since the connection opened.
+    pub fn write_stalled(&self) -> bool {
+        match self {
+            Stream::Plain(socket) => socket.write_stalled,
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.get_ref().write_stalled,
         }
     }
 }

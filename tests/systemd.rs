@@ -399,16 +399,10 @@ fn sighup_with_a_peer_that_stopped_reading_reconnects_at_once() {
     server.expect_upgrades(WAIT(), 1);
     proxy.set_mode(Mode::StopReadingClient);
     let flood = StdinFlood::start(wsbeat.take_stdin().expect("stdin"));
-    // Lines pile up in the queue only once the socket no longer takes them.
-    let blocked = poll_until(WAIT(), || {
-        wsbeat.output().stderr.contains("queue full").then_some(())
-    });
+    // Once the socket no longer takes lines, the queue fills and stdin is no longer read.
+    let blocked = flood.wait_stalled(scaled(ms(500)), WAIT());
     flood.stop();
-    assert!(
-        blocked.is_some(),
-        "writes never blocked\n{}",
-        wsbeat.output().dump()
-    );
+    assert!(blocked, "writes never blocked\n{}", wsbeat.output().dump());
     wsbeat.signal(libc::SIGHUP);
     assert!(
         proxy.wait_accepted(2, WAIT()),

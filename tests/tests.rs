@@ -2,6 +2,7 @@
 
 mod util;
 
+mod backpressure;
 mod cli;
 mod data;
 mod heartbeat;

@@ -26,7 +26,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -606,25 +606,47 @@ impl Drop for Running {
 /// breaks): to fill a socket whose peer has stopped reading. Stops and joins on drop.
 pub struct StdinFlood {
     stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
     writer: Option<thread::JoinHandle<()>>,
 }
 
 impl StdinFlood {
     pub fn start(mut stdin: ChildStdin) -> StdinFlood {
         let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
         let stop_writer = Arc::clone(&stop);
+        let count = Arc::clone(&written);
         let writer = thread::spawn(move || {
             let line = format!("{}\n", "x".repeat(16 * 1024));
             while !stop_writer.load(Ordering::Relaxed) {
                 if stdin.write_all(line.as_bytes()).is_err() {
                     break;
                 }
+                count.fetch_add(line.len() as u64, Ordering::Relaxed);
             }
         });
         StdinFlood {
             stop,
+            written,
             writer: Some(writer),
         }
+    }
+
+    /// Waits (at most `timeout`) until the child has stopped taking input: nothing more
+    /// was written for `quiet` — the pipe is full because the child stopped reading it.
+    pub fn wait_stalled(&self, quiet: Duration, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut last = (self.written.load(Ordering::Relaxed), Instant::now());
+        while Instant::now() < deadline {
+            thread::sleep(ms(50));
+            let now = self.written.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if now > 0 && last.1.elapsed() >= quiet {
+                return true;
+            }
+        }
+        false
     }
 
     /// Stops writing; a write blocked on a full pipe ends when the child exits.

@@ -96,6 +96,8 @@ pub struct Behavior {
     pub drop_after: Option<Duration>,
     /// Send text messages of this size back to back, as fast as the client takes them.
     pub flood: Option<usize>,
+    /// Send 125-byte Pings back to back, as fast as the client takes them.
+    pub ping_flood: bool,
     /// Text replies: when a text equal to `.0` arrives, send `.1` (e.g. `("ping", "pong")`).
     pub replies: Vec<(String, String)>,
 }
@@ -113,6 +115,7 @@ impl Default for Behavior {
             close_after: None,
             drop_after: None,
             flood: None,
+            ping_flood: false,
             replies: Vec::new(),
         }
     }
@@ -210,6 +213,13 @@ impl Behavior {
     /// Answers a text equal to `on` with the text `with`.
     pub fn reply(mut self, on: &str, with: &str) -> Behavior {
         self.replies.push((on.into(), with.into()));
+        self
+    }
+
+    /// Floods the largest Pings a control frame allows (with [`Behavior::silent`]: a peer
+    /// that stops reading but keeps talking, so every Pong the client owes piles up).
+    pub fn ping_flood(mut self) -> Behavior {
+        self.ping_flood = true;
         self
     }
 
@@ -1016,6 +1026,15 @@ fn script_loop(conn: &Arc<Conn>, b: &Behavior) {
         if conn.send_msg(m).is_err() {
             return;
         }
+    }
+    if b.ping_flood {
+        let payload = [b'p'; 125];
+        while !conn.is_closed() {
+            if conn.send_ping(&payload).is_err() {
+                return;
+            }
+        }
+        return;
     }
     if let Some(size) = b.flood {
         let text = Msg::Text("f".repeat(size));

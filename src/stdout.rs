@@ -1,0 +1,209 @@
+//! Server messages to stdout, one line each, without ever blocking for good.
+//!
+//! A plain `write(2)` to a pipe nobody reads blocks until the reader of the pipe
+//! reads, which may be never (`wsbeat URL | sleep 1000`). [`StdoutLines`] runs on
+//! the delivery thread, so such a wait only pauses reading from the server (see
+//! [`crate::delivery`]); but at shutdown the thread must be joined. So every
+//! write to a pipe, terminal or socket first waits in `poll(2)` for room, together
+//! with a private wake pipe that [`Observer::interrupt`] writes to, and writes at
+//! most `PIPE_BUF` bytes, which a pipe reported writable takes without blocking.
+//! A regular file never blocks and is written in one go.
+//!
+//! A failing stdout (EPIPE, a journald restart) does not stop the client: the
+//! connection matters more than the copy of its messages. It is said once.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::signals::{pipe, wake};
+use crate::supervisor::Observer;
+
+/// Largest write that a pipe reported writable accepts without blocking.
+const CHUNK: usize = libc::PIPE_BUF;
+
+/// Writes each server text message to stdout as one line; see the module docs.
+pub struct StdoutLines {
+    fd: RawFd,
+    /// Stdout is a regular file (or /dev/null): writes never block.
+    regular: bool,
+    wake_read: OwnedFd,
+    wake_write: OwnedFd,
+    interrupted: AtomicBool,
+    warned: AtomicBool,
+    /// One buffer, reused for every batch.
+    buffer: Mutex<Vec<u8>>,
+}
+
+impl StdoutLines {
+    /// Writes to the process's stdout.
+    pub fn new() -> io::Result<StdoutLines> {
+        Self::for_fd(io::stdout().as_raw_fd())
+    }
+
+    /// Writes to `fd`, which must stay open as long as this exists (tests pass a pipe).
+    pub fn for_fd(fd: RawFd) -> io::Result<StdoutLines> {
+        // SAFETY: the caller keeps `fd` open while this exists; we only borrow it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let regular = borrowed
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+            .and_then(|file| file.metadata())
+            .is_ok_and(|meta| meta.file_type().is_file() || is_dev_null(&meta));
+        let (wake_read, wake_write) = pipe(true)?;
+        Ok(StdoutLines {
+            fd,
+            regular,
+            wake_read,
+            wake_write,
+            interrupted: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
+            buffer: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            if self.interrupted.load(Ordering::SeqCst) {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
+            }
+            let chunk = if self.regular {
+                data
+            } else {
+                self.wait_writable()?;
+                &data[..data.len().min(CHUNK)]
+            };
+            match write_fd(self.fd, chunk) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until stdout takes a write, or [`Observer::interrupt`] is called.
+    #[allow(unsafe_code)]
+    fn wait_writable(&self) -> io::Result<()> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake_read.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: `fds` is a valid array of two pollfd structs for the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n >= 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        if fds[1].revents != 0 {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
+        }
+        // POLLERR/POLLHUP: the write below reports the error (EPIPE) itself.
+        Ok(())
+    }
+
+    fn report(&self, result: io::Result<()>) {
+        match result {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if !self.warned.swap(true, Ordering::Relaxed) => {
+                log::warn!("stdout: {err}; server messages are discarded while it fails");
+            }
+            Err(err) => log::debug!("stdout: {err}"),
+            Ok(()) => {}
+        }
+    }
+}
+
+fn is_dev_null(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // /dev/null is character device 1:3 and never blocks.
+    meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3)
+}
+
+#[allow(unsafe_code)]
+fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of its length; `fd` is open (see `for_fd`).
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+impl Observer for StdoutLines {
+    fn message(&self, text: &str) {
+        self.messages(&[text.to_owned()]);
+    }
+
+    /// One write for the whole batch: "flushed per message" as seen from outside,
+    /// since every message of the batch had already arrived.
+    fn messages(&self, texts: &[String]) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        buffer.clear();
+        for text in texts {
+            buffer.extend_from_slice(text.as_bytes());
+            buffer.push(b'\n');
+        }
+        let result = self.write_all(&buffer);
+        // Give back the memory of an unusually large batch.
+        if buffer.capacity() > 256 * 1024 {
+            *buffer = Vec::new();
+        }
+        drop(buffer);
+        self.report(result);
+    }
+
+    fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        wake(&self.wake_write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn lines_go_out_in_order() {
+        let (read, write) = pipe(false).unwrap();
+        let out = StdoutLines::for_fd(write.as_raw_fd()).unwrap();
+        out.messages(&["a".into(), "".into(), "héllo".into()]);
+        out.message("last");
+        drop(out);
+        drop(write);
+        let mut got = String::new();
+        std::fs::File::from(read).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "a\n\nhéllo\nlast\n");
+    }
+
+    #[test]
+    fn a_write_to_a_full_pipe_returns_when_interrupted() {
+        let (read, write) = pipe(false).unwrap();
+        let out = Arc::new(StdoutLines::for_fd(write.as_raw_fd()).unwrap());
+        let writer = {
+            let out = Arc::clone(&out);
+            // Far more than a pipe holds (64 KiB by default), and nobody reads.
+            std::thread::spawn(move || out.messages(&["x".repeat(1 << 20)]))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!writer.is_finished(), "the pipe is full: the write waits");
+        out.interrupt();
+        writer.join().unwrap();
+        drop(read);
+    }
+}
