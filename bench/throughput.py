@@ -436,6 +436,10 @@ def print_table(res, clients, directions, sizes):
             key = f"{d}-{s}"
             label = f"{'server -> stdout' if d == 'down' else 'stdin -> server'} {s} B"
 
+            def lost(n, key=key):
+                e = summ.get(n, {}).get(key)
+                return bool(e) and not e["all_delivered"]
+
             def cell(n, k, key=key):
                 return summ.get(n, {}).get(key, {}).get(k)
 
@@ -447,8 +451,10 @@ def print_table(res, clients, directions, sizes):
                 return f"{e['delivered_min']}/{e['sent']}{mark}"
 
             rows += [
-                (f"{label}: msg/s", lambda n, cell=cell: fmt_rate(cell(n, "msg_per_s"))),
-                (f"{label}: CPU-s/100k", lambda n, cell=cell: fmt(cell(n, "cpu_s_per_100k"), 2)),
+                (f"{label}: msg/s", lambda n, cell=cell, lost=lost:
+                    fmt_rate(cell(n, "msg_per_s")) + ("*" if lost(n) else "")),
+                (f"{label}: CPU-s/100k", lambda n, cell=cell, lost=lost:
+                    fmt(cell(n, "cpu_s_per_100k"), 2) + ("*" if lost(n) else "")),
                 (f"{label}: delivered", delivered),
             ]
     table = []
@@ -468,7 +474,8 @@ def print_table(res, clients, directions, sizes):
     for label, vals in table:
         print("| " + label.ljust(width) + " | " + " | ".join(v.ljust(w) for v, w in zip(vals, colw)) + " |")
     print()
-    print("msg/s and CPU-s count delivered messages only; LOST: fewer delivered than sent (worst repetition).")
+    print("Medians over the repetitions; delivered: the worst one. LOST: fewer messages arrived than were sent;\n"
+          "*: then msg/s and CPU-s/100k count the delivered messages only (goodput, cost per delivered message).")
     for n in names:
         for key, e in summ.get(n, {}).items():
             if e["errors"]:
