@@ -6,6 +6,7 @@
 #   bench/throughput.sh               # 100k messages per trial, 3 repetitions (a few minutes)
 #   bench/throughput.sh --quick       # 20k messages, 1 repetition, for development
 #   WSBEAT=/path/to/wsbeat bench/throughput.sh   # benchmark a given binary, no wsbeat build
+#   WSBEAT=none bench/throughput.sh   # peers only
 #   WSFLOOD=/path/to/wsflood ...      # a given server binary, no example build
 #
 # The peers are those of bench/run.sh, when installed (scripts/install-peers.sh, and
@@ -24,6 +25,9 @@ if [ -z "${WSFLOOD:-}" ]; then
   cargo build --release --quiet --example wsflood
   WSFLOOD="$target/release/examples/wsflood"
 fi
+for b in "$WSBEAT" "$WSFLOOD"; do
+  [ "$b" = none ] || [ -x "$b" ] || { echo "throughput.sh: $b is not an executable" >&2; exit 64; }
+done
 mkdir -p target/bench
 # Same treatment as bench/run.sh: every process at the same raised priority (as root).
 prio=()

@@ -49,7 +49,10 @@ const SEQ_DIGITS: usize = 10;
 const BATCH: usize = 256 * 1024;
 
 fn mono() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -123,7 +126,13 @@ fn parse_head(b: &[u8]) -> Option<Head> {
     } else {
         None
     };
-    Some(Head { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, mask, header_len: at, payload_len: len })
+    Some(Head {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0f,
+        mask,
+        header_len: at,
+        payload_len: len,
+    })
 }
 
 /// Appends a frame header (FIN set) to `out`; masked with a zero key when `masked`.
@@ -150,7 +159,11 @@ fn push_head(out: &mut Vec<u8>, opcode: u8, len: usize, masked: bool) {
 fn unmask(data: &[u8], mask: Option<[u8; 4]>, offset: usize) -> Vec<u8> {
     match mask {
         None => data.to_vec(),
-        Some(m) => data.iter().enumerate().map(|(i, b)| b ^ m[(i + offset) & 3]).collect(),
+        Some(m) => data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ m[(i + offset) & 3])
+            .collect(),
     }
 }
 
@@ -163,7 +176,11 @@ struct RxBuf {
 
 impl RxBuf {
     fn new() -> RxBuf {
-        RxBuf { buf: vec![0; 1 << 20], start: 0, end: 0 }
+        RxBuf {
+            buf: vec![0; 1 << 20],
+            start: 0,
+            end: 0,
+        }
     }
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
@@ -178,7 +195,9 @@ impl RxBuf {
     /// Reads more; makes room first (moving the unparsed tail to the front, growing the
     /// buffer when one frame needs more). Ok(0) is EOF.
     fn fill(&mut self, r: &mut impl Read, need: usize) -> io::Result<usize> {
-        if self.start > 0 && (self.buf.len() - self.end < 64 * 1024 || self.start + need > self.buf.len()) {
+        if self.start > 0
+            && (self.buf.len() - self.end < 64 * 1024 || self.start + need > self.buf.len())
+        {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
@@ -242,7 +261,11 @@ fn server(args: &[String]) -> Result<(), String> {
             _ => return Err(usage()),
         }
     }
-    let (mode, count, size) = (mode.ok_or_else(usage)?, count.ok_or_else(usage)?, size.ok_or_else(usage)?);
+    let (mode, count, size) = (
+        mode.ok_or_else(usage)?,
+        count.ok_or_else(usage)?,
+        size.ok_or_else(usage)?,
+    );
     if size < SEQ_DIGITS {
         return Err(format!("--size must be at least {SEQ_DIGITS}"));
     }
@@ -261,7 +284,10 @@ fn server(args: &[String]) -> Result<(), String> {
         flood_taken: AtomicBool::new(false),
     });
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    event(format!("listening {}", listener.local_addr().map_err(|e| e.to_string())?.port()));
+    event(format!(
+        "listening {}",
+        listener.local_addr().map_err(|e| e.to_string())?.port()
+    ));
 
     {
         let sh = sh.clone();
@@ -285,7 +311,10 @@ fn server(args: &[String]) -> Result<(), String> {
                 thread::sleep(Duration::from_millis(100));
                 let n = sh.received.load(Ordering::Acquire);
                 if n != last && n < sh.count {
-                    event(format!("count {n} {:.6}", f64::from_bits(sh.t_last.load(Ordering::Acquire))));
+                    event(format!(
+                        "count {n} {:.6}",
+                        f64::from_bits(sh.t_last.load(Ordering::Acquire))
+                    ));
                     last = n;
                 }
             }
@@ -324,11 +353,17 @@ fn accept_upgrade(s: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
             break i + 4;
         }
         if req.len() > 65536 {
-            return Err(io::Error::new(ErrorKind::InvalidData, "request head too long"));
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                "request head too long",
+            ));
         }
         let n = s.read(&mut chunk)?;
         if n == 0 {
-            return Err(io::Error::new(ErrorKind::UnexpectedEof, "closed during the handshake"));
+            return Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "closed during the handshake",
+            ));
         }
         req.extend_from_slice(&chunk[..n]);
     };
@@ -338,7 +373,9 @@ fn accept_upgrade(s: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_string())
         })
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "no Sec-WebSocket-Key"))?;
     let resp = format!(
@@ -382,7 +419,10 @@ fn serve(mut s: TcpStream, sh: &Arc<Shared>) -> io::Result<()> {
                 0x1 | 0x0 if sh.mode == Mode::Up => {
                     sh.bytes.fetch_add(h.payload_len as u64, Ordering::Relaxed);
                     if h.opcode == 0x1 {
-                        check_seq(sh, &unmask(&payload[..payload.len().min(SEQ_DIGITS)], h.mask, 0));
+                        check_seq(
+                            sh,
+                            &unmask(&payload[..payload.len().min(SEQ_DIGITS)], h.mask, 0),
+                        );
                     }
                     if h.fin {
                         received(sh);
@@ -414,7 +454,9 @@ fn serve(mut s: TcpStream, sh: &Arc<Shared>) -> io::Result<()> {
 }
 
 fn check_seq(sh: &Shared, digits: &[u8]) {
-    let seq = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u64>().ok());
+    let seq = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok());
     let mut next = sh.next_seq.lock().unwrap();
     match seq {
         Some(n) if n == *next => *next += 1,
@@ -438,7 +480,10 @@ fn received(sh: &Shared) {
     sh.t_last.store(t.to_bits(), Ordering::Release);
     let n = sh.received.fetch_add(1, Ordering::AcqRel) + 1;
     if n == sh.count {
-        event(format!("done {n} {:.6} {t:.6}", f64::from_bits(sh.t_first.load(Ordering::Acquire))));
+        event(format!(
+            "done {n} {:.6} {t:.6}",
+            f64::from_bits(sh.t_first.load(Ordering::Acquire))
+        ));
     }
 }
 
