@@ -12,6 +12,7 @@
 #   into target/bench-static when libssl-dev ships them)
 #
 # Any other argument is passed to bench/bench.py (e.g. --skip websocat).
+# The data-path throughput benchmark is separate: bench/throughput.sh.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
