@@ -18,9 +18,9 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
 use crate::config::HeartbeatMode;
+use crate::events::{ConnId, Event};
 use crate::outbox::Outbox;
 use crate::reader::SharedSocket;
-use crate::supervisor::{ConnId, Event};
 
 /// Pings older than this many unanswered ones are forgotten; the oldest decides death anyway.
 const MAX_UNANSWERED: usize = 64;

@@ -27,6 +27,10 @@
 //! ```
 //! The reader waits for readability outside the lock; the heartbeat thread is
 //! the only writer of data frames and sleeps until its next ping or a command.
+//! Lines reach it through the [`outbox`] (stdin waits there while connected and
+//! full; drop-oldest while disconnected); received messages leave the reader
+//! through the [`delivery`] buffer to an output thread, so neither direction can
+//! stall the other or the heartbeat, and both are bounded in bytes.
 //! Every event carries its connection's id, so late events from a torn-down
 //! connection are ignored. The supervisor joins every thread it starts.
 //!
@@ -66,9 +70,11 @@ pub mod backoff;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod events;
 pub mod headers;
 pub mod heartbeat;
 pub mod logging;
+pub mod machine;
 pub mod outbox;
 pub mod reader;
 pub mod sd_notify;

@@ -30,8 +30,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use crate::delivery::{BATCH_BYTES, Delivery};
+use crate::events::{ConnId, Event, Observer};
 use crate::heartbeat::{self, Proof, SharedLiveness};
-use crate::supervisor::{ConnId, Event, Observer};
 use crate::transport::Stream;
 
 /// Most messages drained per lock acquisition, so waiting writers get their turn;

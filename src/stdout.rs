@@ -17,8 +17,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::events::Observer;
 use crate::signals::{pipe, wake};
-use crate::supervisor::Observer;
 
 /// Largest write that a pipe reported writable accepts without blocking.
 const CHUNK: usize = libc::PIPE_BUF;

@@ -1,7 +1,9 @@
-//! The supervisor: the owner of all client state. It runs the reconnect loop over
-//! one channel of [`Event`]s, tears down connections reported dead (by the reader,
-//! or by the heartbeat thread, which judges liveness), picks reconnect delays, and
-//! keeps the status file and systemd informed.
+//! The supervisor: the driver of the reconnect loop. It owns the threads and the
+//! I/O; every decision is made by the pure [`Machine`]. It waits on one channel of
+//! [`Event`]s until the machine's next deadline, turns what arrives into machine
+//! inputs, and carries out the [`Action`]s the machine returns: start or abandon a
+//! connect attempt, serve or tear down a connection, send a Close, write the
+//! status file, talk to systemd, exit.
 //!
 //! It never touches the socket itself except to shut it down: writes go through
 //! the connection's heartbeat thread, reads happen on its reader thread, and the
@@ -9,6 +11,7 @@
 //! always a `recv_timeout` until its next deadline, and it stays responsive to
 //! signals and the watchdog whatever the network does.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -16,14 +19,17 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::backoff::{Backoff, Failure, Random, SplitMix64};
+use crate::backoff::{Backoff, Random, SplitMix64};
 use crate::config::{Config, HeartbeatMode};
 use crate::delivery::{self, Delivery};
 use crate::error::{ConfigError, ConnectError, Stage};
+pub use crate::events::{ConnId, Ending, Event, Observer};
 use crate::headers::read_header_file;
-use crate::heartbeat::{self, Command, Liveness, Schedule, SharedLiveness, Writer};
+use crate::heartbeat::{
+    self, Command, Liveness, Schedule, SharedLiveness, WRITE_BATCH_BYTES, Writer,
+};
+use crate::machine::{Action, Input, Machine, Settings};
 use crate::outbox::Outbox;
 use crate::reader::{Reader, SharedSocket};
 use crate::sd_notify::{Notifier, Notify};
@@ -31,100 +37,14 @@ use crate::status_file::{State, Status, StatusFile};
 use crate::tls::{Connector, TlsFiles};
 use crate::transport::{self, Abort, Connection, Dial};
 
-/// Identifies one connection attempt; every event carries it, so a late event
-/// from a connection already torn down is recognised and ignored.
-pub type ConnId = u64;
-
-/// With the heartbeat off, a connection this old counts as proven alive.
-const QUIET_PROOF: Duration = Duration::from_secs(10);
-/// From SIGTERM/SIGINT to exit: the contract's "wait at most 2 s for the server's
-/// Close", less a margin for joining the threads afterwards.
-const STOP_BUDGET: Duration = Duration::from_millis(1800);
-/// Bound on writing the Close of a SIGHUP reload.
-const RELOAD_CLOSE_WRITE: Duration = Duration::from_millis(500);
-/// How long any other ending waits for abandoned connect threads (stuck in DNS).
+/// How long any ending other than a stop waits for abandoned connect threads (stuck
+/// in DNS) and for the output to drain.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
-/// Slack past `--connect-timeout` before a connect thread stuck in DNS is abandoned.
-const CONNECT_SLACK: Duration = Duration::from_secs(1);
 /// Stack for per-connection threads; they hold little, and 32-bit boards have little address space.
 const THREAD_STACK: usize = 256 * 1024;
-/// Floor on status refreshes between state changes; see [`Supervisor::refresh_interval`].
+/// Floor on status refreshes between state changes: at most once per ping interval,
+/// and not more often than this, to keep an idle client asleep and spare the flash.
 const MIN_REFRESH: Duration = Duration::from_secs(30);
-
-/// Everything that wakes the supervisor.
-pub enum Event {
-    /// A connect attempt finished.
-    Connected {
-        /// The attempt.
-        conn: ConnId,
-        /// The connection, or why there is none.
-        result: Result<Box<Connection>, ConnectError>,
-    },
-    /// The connection answered its first heartbeat (or, heartbeat off, sent anything).
-    Proven {
-        /// Connection.
-        conn: ConnId,
-        /// The round trip of that heartbeat, if it was a matching pong.
-        rtt: Option<Duration>,
-    },
-    /// The server closed the connection with a Close frame (already answered).
-    Closed {
-        /// Connection.
-        conn: ConnId,
-        /// Close code, if the frame had one.
-        code: Option<u16>,
-        /// Close reason.
-        reason: String,
-    },
-    /// The connection failed (heartbeat unanswered, read or write error, oversized message).
-    Dead {
-        /// Connection.
-        conn: ConnId,
-        /// Why, one line.
-        reason: String,
-    },
-    /// Input ended; nothing to do but note it.
-    InputClosed,
-    /// SIGHUP: re-read files, reconnect at once.
-    Reload,
-    /// SIGTERM/SIGINT: close with 1001 and stop.
-    Terminate,
-}
-
-/// Receives what the client gets from the server, and its state changes.
-pub trait Observer: Send + Sync {
-    /// A text message from the server (heartbeat replies excluded). Called on the
-    /// delivery thread, never on the reader: it may take its time (received
-    /// messages wait in a buffer bounded by `--queue-bytes`, and when that is full
-    /// the client stops reading from the server).
-    fn message(&self, text: &str);
-    /// Several messages at once, in order; by default [`message`](Observer::message) each.
-    fn messages(&self, texts: &[String]) {
-        for text in texts {
-            self.message(text);
-        }
-    }
-    /// The client is stopping and will not wait any longer: a `message` call that
-    /// is blocked (on a stdout nobody reads) should return soon.
-    fn interrupt(&self) {}
-    /// The state changed (connecting, connected, backoff, stopped).
-    fn state(&self, _status: &Status) {}
-    /// A heartbeat was answered after `rtt`. Called on the reader thread; keep it short.
-    fn heartbeat(&self, _rtt: Duration) {}
-}
-
-/// How [`Supervisor::run`] ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ending {
-    /// Stopped on request (signal or [`Handle::stop`]).
-    Stopped,
-    /// `--max-retries` attempts in a row failed; the last error.
-    GaveUp(String),
-    /// `--once`: the heartbeat was answered after this round trip.
-    ProbeAnswered(Duration),
-    /// `--once`: it was not; why.
-    ProbeFailed(String),
-}
 
 /// A cloneable way to talk to a running supervisor from other threads.
 #[derive(Clone)]
@@ -167,78 +87,46 @@ pub struct Systemd {
 
 /// A live connection and the two threads serving it.
 struct Active {
-    conn: ConnId,
     tcp: TcpStream,
     commands: Sender<Command>,
     reader: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
     liveness: SharedLiveness,
-    /// Round trip last written to the status file and STATUS=.
-    reported_rtt: Option<Duration>,
-    connected_at: Instant,
-    /// Set once a Close has been sent and we wait for the server's.
-    closing_until: Option<Instant>,
-    /// With the heartbeat off: up long enough to count as alive.
-    quiet_proven: bool,
 }
 
 /// A connect thread and the handle that cuts its handshakes short.
 struct Attempt {
-    conn: ConnId,
     thread: JoinHandle<()>,
     abort: Arc<Abort>,
-}
-
-impl Active {
-    /// With the heartbeat off, when this connection will count as proven alive.
-    fn quiet_proof_at(&self, ping_interval: Duration) -> Option<Instant> {
-        (!self.quiet_proven && ping_interval.is_zero()).then(|| self.connected_at + QUIET_PROOF)
-    }
-}
-
-enum Phase {
-    Connecting {
-        give_up_at: Instant,
-        attempt: Attempt,
-    },
-    Connected(Box<Active>),
-    Backoff {
-        until: Instant,
-    },
 }
 
 /// The reconnect loop. Build with [`Supervisor::new`], then [`Supervisor::run`].
 pub struct Supervisor {
     config: Config,
+    machine: Machine,
     file_headers: Vec<(String, String)>,
     tls_files: TlsFiles,
     connector: Option<Connector>,
     observer: Arc<dyn Observer>,
     systemd: Systemd,
     status_file: Option<StatusFile>,
-    random: Box<dyn Random + Send>,
     events: Sender<Event>,
     inbox: Receiver<Event>,
-    backoff: Backoff,
-    phase: Phase,
-    next_conn: ConnId,
-    failures_in_row: u32,
-    connects: u64,
+    /// Connect attempts whose threads have not reported yet (the current one, and
+    /// abandoned ones: each is joined when its result arrives).
+    attempts: HashMap<ConnId, Attempt>,
+    /// The connection of the attempt that just upgraded, until the machine says what to do.
+    upgraded: Option<(ConnId, Connection)>,
+    active: Option<Active>,
     status: Status,
-    status_dirty: bool,
-    next_refresh: Option<Instant>,
-    next_watchdog: Option<Instant>,
+    /// Round trip last written to the status file and STATUS=.
+    reported_rtt: Option<Duration>,
     /// Lines for the server (stdin), shared with [`Handle`]s and the writer.
     outbox: Arc<Outbox>,
     /// Received messages on their way to the observer.
     delivery: Arc<Delivery>,
     /// The thread that passes `delivery` on to the observer; started by `run`.
     delivery_thread: Option<JoinHandle<()>>,
-    /// Set by SIGTERM/SIGINT: when the process must be on its way out.
-    stop_by: Option<Instant>,
-    /// Connect attempts abandoned (past their deadline, or by a stop or reload) and
-    /// aborted; each is joined when its result arrives.
-    stragglers: Vec<Attempt>,
 }
 
 impl Supervisor {
@@ -259,8 +147,14 @@ impl Supervisor {
             dropped: 0,
             last_error: None,
         };
+        let machine = Machine::new(
+            settings(&config, &Systemd::default(), config.status_file.is_some()),
+            Backoff::new(config.backoff_initial, config.backoff_max),
+            Box::new(SplitMix64::from_os()),
+            config.target.url.clone(),
+        );
         Ok(Supervisor {
-            backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+            machine,
             status_file: config.status_file.clone().map(StatusFile::new),
             outbox: Arc::new(Outbox::new(config.queue_size, config.queue_bytes)),
             delivery: Arc::new(Delivery::new(config.queue_bytes)),
@@ -270,34 +164,28 @@ impl Supervisor {
             connector: None,
             observer,
             systemd: Systemd::default(),
-            random: Box::new(SplitMix64::from_os()),
             events,
             inbox,
-            phase: Phase::Backoff {
-                until: Instant::now(),
-            },
-            next_conn: 0,
-            failures_in_row: 0,
-            connects: 0,
+            attempts: HashMap::new(),
+            upgraded: None,
+            active: None,
             status,
-            status_dirty: false,
-            next_refresh: None,
-            next_watchdog: None,
+            reported_rtt: None,
             delivery_thread: None,
-            stop_by: None,
-            stragglers: Vec::new(),
         })
     }
 
     /// Reports to systemd while running.
     pub fn with_systemd(mut self, systemd: Systemd) -> Supervisor {
+        self.machine
+            .set_settings(settings(&self.config, &systemd, self.status_file.is_some()));
         self.systemd = systemd;
         self
     }
 
     /// Replaces the random source (reproducible runs, fixed-delay comparisons).
     pub fn with_random(mut self, random: Box<dyn Random + Send>) -> Supervisor {
-        self.random = random;
+        self.machine.set_random(random);
         self
     }
 
@@ -314,35 +202,31 @@ impl Supervisor {
             return self.finish(Ending::GaveUp(format!("output thread: {err}")));
         }
         self.notify(&[Notify::Ready]);
-        if let Some(interval) = self.systemd.watchdog {
-            self.next_watchdog = Some(Instant::now() + interval);
-        }
-        if let Some(ending) = self.start_connect(Instant::now()) {
+        let actions = self.machine.start(Instant::now());
+        if let Some(ending) = self.carry_out(actions) {
             return self.finish(ending);
         }
         loop {
             let now = Instant::now();
-            if let Some(ending) = self.on_time(now) {
-                return self.finish(ending);
-            }
-            let event = match self.next_deadline() {
-                Some(deadline) => self
-                    .inbox
-                    .recv_timeout(deadline.saturating_duration_since(now)),
+            let event = match self.machine.next_deadline() {
+                Some(deadline) if deadline <= now => Err(RecvTimeoutError::Timeout),
+                Some(deadline) => self.inbox.recv_timeout(deadline - now),
                 None => self
                     .inbox
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
-            match event {
-                Ok(event) => {
-                    if let Some(ending) = self.on_event(event, Instant::now()) {
-                        return self.finish(ending);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            let actions = match event {
+                Ok(event) => match self.input_for(event) {
+                    Some(input) => self.machine.handle(input, Instant::now()),
+                    None => continue,
+                },
+                Err(RecvTimeoutError::Timeout) => self.machine.on_time(Instant::now()),
                 // We hold a sender ourselves, so the channel cannot disconnect.
                 Err(RecvTimeoutError::Disconnected) => return self.finish(Ending::Stopped),
+            };
+            if let Some(ending) = self.carry_out(actions) {
+                return self.finish(ending);
             }
         }
     }
@@ -363,156 +247,108 @@ impl Supervisor {
         Ok(())
     }
 
-    /// The earliest moment something must happen without an event.
-    fn next_deadline(&self) -> Option<Instant> {
-        let phase = match &self.phase {
-            Phase::Connecting { give_up_at, .. } => Some(*give_up_at),
-            Phase::Backoff { until } => Some(*until),
-            Phase::Connected(active) => [
-                active.quiet_proof_at(self.config.ping_interval),
-                active.closing_until,
-            ]
-            .into_iter()
-            .flatten()
-            .min(),
-        };
-        [phase, self.next_watchdog, self.next_refresh]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-
-    /// Whether anyone reads the status (file or systemd); without a reader, no refresh wake-ups.
-    fn reports_status(&self) -> bool {
-        self.status_file.is_some() || self.systemd.notifier.is_some()
-    }
-
-    /// Between state changes the status is refreshed (new RTT, drop count) at most
-    /// once per ping interval, and not more often than [`MIN_REFRESH`] to keep an
-    /// idle client asleep and spare the flash.
-    fn refresh_interval(&self) -> Duration {
-        self.config.ping_interval.max(MIN_REFRESH)
-    }
-
-    fn refresh_status(&mut self, now: Instant) {
-        let dropped = self.outbox.dropped();
-        if dropped != self.status.dropped {
-            self.status.dropped = dropped;
-            self.status_dirty = true;
-        }
-        if let Phase::Connected(active) = &mut self.phase {
-            let rtt = heartbeat::lock(&active.liveness).rtt();
-            if rtt != active.reported_rtt {
-                active.reported_rtt = rtt;
-                self.status.rtt_ms = rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
-                self.status_dirty = true;
-            }
-        }
-        if self.status_dirty {
-            self.notify(&[Notify::Status(self.describe())]);
-            self.write_status(now);
-        }
-        self.schedule_refresh(now);
-    }
-
-    /// The next refresh, only if someone reads the status.
-    fn schedule_refresh(&mut self, now: Instant) {
-        self.next_refresh = self.reports_status().then(|| now + self.refresh_interval());
-    }
-
-    /// Deadlines that have passed.
-    fn on_time(&mut self, now: Instant) -> Option<Ending> {
-        if let Some(at) = self.next_watchdog.filter(|&at| now >= at) {
-            self.notify(&[Notify::Watchdog]);
-            let interval = self.systemd.watchdog.unwrap_or(Duration::from_secs(1));
-            self.next_watchdog = Some((at + interval).max(now));
-        }
-        if self.next_refresh.is_some_and(|at| now >= at) {
-            self.refresh_status(now);
-        }
-        let ping_interval = self.config.ping_interval;
-        match &mut self.phase {
-            Phase::Backoff { until } if now >= *until => {
-                if self.stop_by.is_some() {
-                    return Some(Ending::Stopped);
+    /// The machine's view of an event; `None` for what only the driver cares about.
+    fn input_for(&mut self, event: Event) -> Option<Input> {
+        Some(match event {
+            Event::Connected { conn, result } => {
+                // Sending its result is the attempt thread's last act: join it now.
+                if let Some(attempt) = self.attempts.remove(&conn) {
+                    let _ = attempt.thread.join();
                 }
-                return self.start_connect(now);
-            }
-            Phase::Connecting { give_up_at, .. } if now >= *give_up_at => {
-                let attempt = self.take_attempt(now);
-                self.abandon(attempt);
-                return self.connect_failed(ConnectError::Timeout(Stage::Resolve), now);
-            }
-            Phase::Connected(active) => {
-                if active.closing_until.is_some_and(|until| now >= until) {
-                    let reason = "server did not answer our Close in time".to_string();
-                    return self.connection_lost(reason, false);
-                }
-                if active
-                    .quiet_proof_at(ping_interval)
-                    .is_some_and(|at| now >= at)
-                {
-                    // Heartbeat off: surviving this long is the only proof available.
-                    active.quiet_proven = true;
-                    self.backoff.reset();
-                    self.failures_in_row = 0;
+                match result {
+                    Ok(connection) => {
+                        self.upgraded = Some((conn, *connection));
+                        Input::Connected { conn }
+                    }
+                    Err(error) => Input::ConnectFailed { conn, error },
                 }
             }
-            _ => {}
+            Event::Proven { conn, rtt } => Input::Proven { conn, rtt },
+            Event::Closed { conn, code, reason } => Input::Closed { conn, code, reason },
+            Event::Dead { conn, reason } => Input::Dead { conn, reason },
+            Event::InputClosed => {
+                log::debug!("stdin closed; the connection stays up");
+                return None;
+            }
+            Event::Reload => Input::Reload {
+                writes_idle: self.outbox.is_idle(),
+            },
+            Event::Terminate => Input::Terminate,
+        })
+    }
+
+    /// Carries out `actions` in order, feeding what they report back to the machine.
+    fn carry_out(&mut self, actions: Vec<Action>) -> Option<Ending> {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            if let Action::Exit(ending) = action {
+                return Some(ending);
+            }
+            if let Some(input) = self.carry_out_one(action) {
+                queue.extend(self.machine.handle(input, Instant::now()));
+            }
         }
         None
     }
 
-    fn on_event(&mut self, event: Event, now: Instant) -> Option<Ending> {
-        match event {
-            Event::Connected { conn, result } => self.on_connected(conn, result, now),
-            Event::Proven { conn, rtt } => self.on_proven(conn, rtt, now),
-            Event::Closed { conn, code, reason } => {
-                let closing = self.active_mut(conn)?.closing_until.is_some();
-                let code_text = code.map_or("no code".to_string(), |c| c.to_string());
-                if closing {
-                    log::debug!("server answered our Close ({code_text})");
-                    return self.connection_lost("closed".into(), true);
+    fn carry_out_one(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::Dial { conn } => return Some(self.dial(conn)),
+            Action::Abandon { conn, timed_out } => {
+                let stage = self.abandon(conn);
+                if timed_out {
+                    let error = ConnectError::Timeout(stage);
+                    return Some(Input::ConnectFailed { conn, error });
                 }
-                log::info!("server closed the connection: {code_text} {reason:?}");
-                let reason = format!("server closed the connection: {code_text} {reason}");
-                if self.config.once {
-                    self.teardown(false);
-                    return Some(Ending::ProbeFailed(reason));
+            }
+            Action::Activate { conn } => {
+                let connection = match self.upgraded.take() {
+                    Some((upgraded, connection)) if upgraded == conn => connection,
+                    _ => return None,
+                };
+                if let Err(error) = self.activate(conn, connection) {
+                    return Some(Input::ConnectFailed { conn, error });
                 }
-                self.connection_lost(reason, true)
             }
-            Event::Dead { conn, reason } => {
-                let closing = self.active_mut(conn)?.closing_until.is_some();
-                if self.config.once && !closing {
-                    self.teardown(false);
-                    return Some(Ending::ProbeFailed(reason));
+            Action::Discard { conn } => {
+                if self.upgraded.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    self.upgraded = None;
                 }
-                self.connection_lost(reason, false)
             }
-            Event::InputClosed => {
-                log::debug!("stdin closed; the connection stays up");
-                None
+            Action::Close {
+                code,
+                reason,
+                write_bound,
+            } => {
+                if let Some(active) = &self.active {
+                    if let Some(bound) = write_bound {
+                        let _ = active.tcp.set_write_timeout(Some(bound));
+                    }
+                    let _ = active.commands.send(Command::Close(code, reason));
+                }
             }
-            Event::Reload => self.reload(now),
-            Event::Terminate => self.terminate(now),
+            Action::Teardown { graceful } => {
+                self.teardown(graceful);
+                return Some(Input::TornDown);
+            }
+            Action::ReloadFiles => match TlsFiles::load(&self.config) {
+                Ok(files) => {
+                    self.tls_files = files;
+                    self.connector = None;
+                }
+                Err(err) => log::error!("{err}; keeping the TLS files read before"),
+            },
+            Action::Publish => self.publish(),
+            Action::Refresh => self.refresh_status(),
+            Action::Watchdog => self.notify(&[Notify::Watchdog]),
+            Action::NotifyStopping => self.notify(&[Notify::Stopping]),
+            Action::Exit(_) => {}
         }
+        None
     }
 
-    fn active_mut(&mut self, conn: ConnId) -> Option<&mut Active> {
-        match &mut self.phase {
-            Phase::Connected(active) if active.conn == conn => Some(active),
-            _ => None,
-        }
-    }
-
-    fn replace_phase(&mut self, now: Instant) -> Phase {
-        std::mem::replace(&mut self.phase, Phase::Backoff { until: now })
-    }
-
-    /// Starts an attempt; an attempt that fails before it starts counts as a failed
-    /// one, so `--once` and `--max-retries` end the run from here too.
-    fn start_connect(&mut self, now: Instant) -> Option<Ending> {
+    /// Starts attempt `conn`; reports its deadline, or why it could not start.
+    fn dial(&mut self, conn: ConnId) -> Input {
         if let Some(path) = &self.config.header_file {
             // Re-read on every attempt so a rotated token is used without a restart.
             match read_header_file(path) {
@@ -524,16 +360,14 @@ impl Supervisor {
             match self.tls_files.connector() {
                 Ok(connector) => self.connector = Some(connector),
                 Err(err) => {
-                    self.phase = Phase::Backoff { until: now };
-                    return self.connect_failed(ConnectError::Tls(err), now);
+                    let error = ConnectError::Tls(err);
+                    return Input::ConnectFailed { conn, error };
                 }
             }
         }
         if self.tls_files.insecure() && self.config.target.tls {
             log::warn!("--insecure: the server's certificate is not verified");
         }
-        self.next_conn += 1;
-        let conn = self.next_conn;
         let mut headers = self.config.headers.clone();
         headers.extend(self.file_headers.iter().cloned());
         let target = self.config.target.clone();
@@ -541,8 +375,9 @@ impl Supervisor {
         let connector = self.connector.clone();
         let ws_config = ws_config(&self.config);
         let write_timeout = self.config.pong_timeout.max(Duration::from_secs(1));
-        // From now, not from `now`: building the first TLS connector (system roots,
-        // OpenSSL start-up) can take a second on a small board and is not the network's time.
+        // From now, not from when the machine decided: building the first TLS connector
+        // (system roots, OpenSSL start-up) can take a second on a small board and is not
+        // the network's time.
         let deadline = Instant::now() + self.config.connect_timeout;
         let events = self.events.clone();
         let abort = Arc::new(Abort::default());
@@ -564,73 +399,31 @@ impl Supervisor {
             });
         match spawned {
             Ok(thread) => {
-                log::debug!(
-                    "connecting to {} (attempt {})",
-                    self.config.target.url,
-                    conn
-                );
-                self.phase = Phase::Connecting {
-                    give_up_at: deadline + CONNECT_SLACK,
-                    attempt: Attempt {
-                        conn,
-                        thread,
-                        abort,
-                    },
-                };
-                self.set_state(State::Connecting, now);
-                None
+                log::debug!("connecting to {} (attempt {conn})", self.config.target.url);
+                self.attempts.insert(conn, Attempt { thread, abort });
+                Input::Dialing { conn, deadline }
             }
-            Err(err) => {
-                self.phase = Phase::Backoff { until: now };
-                self.connect_failed(ConnectError::Tcp(err), now)
+            Err(err) => Input::ConnectFailed {
+                conn,
+                error: ConnectError::Tcp(err),
+            },
+        }
+    }
+
+    /// Cuts attempt `conn` short; its thread is joined when its result arrives.
+    /// Returns the stage it had reached, for a timeout's message.
+    fn abandon(&mut self, conn: ConnId) -> Stage {
+        match self.attempts.get(&conn) {
+            Some(attempt) => {
+                attempt.abort.abort();
+                Stage::Resolve
             }
+            None => Stage::Resolve,
         }
     }
 
-    /// The attempt of the `Connecting` phase the caller has just matched, leaving `Backoff`.
-    fn take_attempt(&mut self, now: Instant) -> Attempt {
-        match self.replace_phase(now) {
-            Phase::Connecting { attempt, .. } => attempt,
-            _ => unreachable!("called in the Connecting phase only"),
-        }
-    }
-
-    /// Cuts an attempt short and keeps its thread to be joined when it has finished.
-    fn abandon(&mut self, attempt: Attempt) {
-        attempt.abort.abort();
-        self.stragglers.push(attempt);
-    }
-
-    /// Joins an abandoned attempt that has reported: sending its result is the last
-    /// thing its thread does, so the join does not wait.
-    fn join_straggler(&mut self, conn: ConnId) {
-        if let Some(index) = self.stragglers.iter().position(|a| a.conn == conn) {
-            let _ = self.stragglers.swap_remove(index).thread.join();
-        }
-    }
-
-    fn on_connected(
-        &mut self,
-        conn: ConnId,
-        result: Result<Box<Connection>, ConnectError>,
-        now: Instant,
-    ) -> Option<Ending> {
-        let current =
-            matches!(&self.phase, Phase::Connecting { attempt, .. } if attempt.conn == conn);
-        if !current {
-            // A straggler finished late: its connection (if any) is dropped unused.
-            self.join_straggler(conn);
-            return None;
-        }
-        let attempt = self.take_attempt(now);
-        let _ = attempt.thread.join();
-        match result {
-            Ok(connection) => self.on_open(conn, *connection, now),
-            Err(err) => self.connect_failed(err, now),
-        }
-    }
-
-    fn on_open(&mut self, conn: ConnId, connection: Connection, now: Instant) -> Option<Ending> {
+    /// Serves `connection`: its reader and heartbeat threads, and the outbox's wake-ups.
+    fn activate(&mut self, conn: ConnId, connection: Connection) -> Result<(), ConnectError> {
         match &connection.subprotocol {
             Some(protocol) => log::info!(
                 "connected to {} (subprotocol {protocol})",
@@ -639,7 +432,6 @@ impl Supervisor {
             None => log::info!("connected to {}", self.config.target.url),
         }
         let Connection { ws, tcp, .. } = connection;
-        let base = now;
         let socket = Arc::new(SharedSocket::new(ws));
         // Probe mode needs the round trip of its own heartbeat, so only a matching answer counts.
         let strict = self.config.strict_pong || self.config.once;
@@ -647,13 +439,10 @@ impl Supervisor {
             self.config.heartbeat,
             strict,
             self.config.pong_timeout,
-            base,
+            Instant::now(),
         )));
         let (commands, command_inbox) = mpsc::channel();
-        let wait_on = match tcp.try_clone() {
-            Ok(clone) => clone,
-            Err(err) => return self.connect_failed(ConnectError::Tcp(err), now),
-        };
+        let wait_on = tcp.try_clone().map_err(ConnectError::Tcp)?;
         let reader = Reader {
             conn,
             socket: Arc::clone(&socket),
@@ -666,16 +455,15 @@ impl Supervisor {
             liveness: Arc::clone(&liveness),
             events: self.events.clone(),
         };
-        let schedule = Schedule {
-            interval: self.config.ping_interval,
-            mode: self.config.heartbeat,
-            ping_text: self.config.ping_text.clone(),
-            immediate: self.config.once,
-        };
         let writer = Writer {
             conn,
             socket,
-            schedule,
+            schedule: Schedule {
+                interval: self.config.ping_interval,
+                mode: self.config.heartbeat,
+                ping_text: self.config.ping_text.clone(),
+                immediate: self.config.once,
+            },
             liveness: Arc::clone(&liveness),
             outbox: Arc::clone(&self.outbox),
             commands: command_inbox,
@@ -684,14 +472,11 @@ impl Supervisor {
         let reader = thread::Builder::new()
             .name("wsbeat-reader".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || reader.run());
-        let reader = match reader {
-            Ok(reader) => reader,
-            Err(err) => {
+            .spawn(move || reader.run())
+            .inspect_err(|_| {
                 let _ = tcp.shutdown(Shutdown::Both);
-                return self.connect_failed(ConnectError::Tcp(err), now);
-            }
-        };
+            })
+            .map_err(ConnectError::Tcp)?;
         let heartbeat = thread::Builder::new()
             .name("wsbeat-heartbeat".into())
             .stack_size(THREAD_STACK)
@@ -701,7 +486,7 @@ impl Supervisor {
             Err(err) => {
                 let _ = tcp.shutdown(Shutdown::Both);
                 let _ = reader.join();
-                return self.connect_failed(ConnectError::Tcp(err), now);
+                return Err(ConnectError::Tcp(err));
             }
         };
         // From here on the outbox wakes the writer when lines wait (at once if some
@@ -710,115 +495,22 @@ impl Supervisor {
         self.outbox.attach(Box::new(move || {
             let _ = wake.send(Command::Wake);
         }));
-        self.phase = Phase::Connected(Box::new(Active {
-            conn,
+        self.reported_rtt = None;
+        self.active = Some(Active {
             tcp,
             commands,
             reader,
             heartbeat,
-            reported_rtt: None,
             liveness,
-            connected_at: now,
-            closing_until: None,
-            quiet_proven: false,
-        }));
-        self.connects += 1;
-        self.status.reconnects = self.connects.saturating_sub(1);
-        // --max-retries counts failed attempts in a row; this one succeeded. (The backoff
-        // counter resets only once the connection proves alive.)
-        self.failures_in_row = 0;
-        // last_error stays: beside `state=connected` and `reconnects=N` it tells why the
-        // last reconnect happened (the contract's example shows exactly that).
-        self.set_state(State::Connected, now);
-        None
-    }
-
-    /// The connection answered its first heartbeat.
-    fn on_proven(&mut self, conn: ConnId, rtt: Option<Duration>, now: Instant) -> Option<Ending> {
-        let once = self.config.once;
-        let active = self.active_mut(conn)?;
-        if once {
-            // Strict in probe mode: the first proof is the matching answer, with its round trip.
-            let rtt = rtt?;
-            let _ = active.commands.send(Command::Close(CloseCode::Normal, ""));
-            self.teardown(true);
-            return Some(Ending::ProbeAnswered(rtt));
-        }
-        self.backoff.reset();
-        self.failures_in_row = 0;
-        if let Some(rtt) = rtt {
-            log::debug!(
-                "first heartbeat answered in {:.1} ms",
-                rtt.as_secs_f64() * 1000.0
-            );
-        }
-        self.refresh_status(now);
-        None
-    }
-
-    fn connect_failed(&mut self, err: ConnectError, now: Instant) -> Option<Ending> {
-        let failure = match &err {
-            ConnectError::Rejected {
-                status: 401 | 403, ..
-            } => {
-                log::error!("{}: {err}; check the credentials", self.config.target.url);
-                Failure::Unauthorized
-            }
-            ConnectError::Rejected {
-                retry_after: Some(after),
-                ..
-            } => {
-                log::warn!("{}: {err}", self.config.target.url);
-                Failure::RetryAfter(*after)
-            }
-            _ => {
-                log::warn!("{}: {err}", self.config.target.url);
-                Failure::Normal
-            }
-        };
-        self.status.last_error = Some(err.to_string());
-        if self.config.once {
-            return Some(Ending::ProbeFailed(err.to_string()));
-        }
-        self.failures_in_row = self.failures_in_row.saturating_add(1);
-        if self.config.max_retries > 0 && self.failures_in_row >= self.config.max_retries {
-            return Some(Ending::GaveUp(format!(
-                "giving up after {} failed attempts in a row: {err}",
-                self.failures_in_row
-            )));
-        }
-        self.schedule_retry(failure, now);
-        None
-    }
-
-    fn schedule_retry(&mut self, failure: Failure, now: Instant) {
-        let delay = self.backoff.next_delay(failure, self.random.as_mut());
-        log::info!("reconnecting in {}", fmt_duration(delay));
-        self.phase = Phase::Backoff { until: now + delay };
-        self.set_state(State::Backoff, now);
-    }
-
-    /// The live connection ended: tear it down and reconnect (or stop, if stopping).
-    fn connection_lost(&mut self, reason: String, graceful: bool) -> Option<Ending> {
-        self.teardown(graceful);
-        if self.stop_by.is_some() {
-            return Some(Ending::Stopped);
-        }
-        log::warn!("connection lost: {reason}");
-        self.status.last_error = Some(reason);
-        // Count the delay from the end of the teardown, not from when the loss was
-        // noticed: after a server restart a whole fleet tears down at once, and a
-        // delay already spent inside a slow teardown would bunch them all up again.
-        self.schedule_retry(Failure::Normal, Instant::now());
-        None
+        });
+        Ok(())
     }
 
     /// Ends the live connection and joins its threads. `graceful` lets queued
     /// writes (a Close) go out first; otherwise the socket is shut down at once,
     /// because a dead peer will never take them.
     fn teardown(&mut self, graceful: bool) {
-        let now = Instant::now();
-        let Phase::Connected(active) = self.replace_phase(now) else {
+        let Some(active) = self.active.take() else {
             return;
         };
         let Active {
@@ -827,7 +519,7 @@ impl Supervisor {
             reader,
             heartbeat,
             ..
-        } = *active;
+        } = active;
         // Lines go back to drop-oldest mode, and a reader waiting for room in the
         // output buffer is released; the outbox also drops its waker, the writer's
         // last command sender besides ours.
@@ -842,85 +534,28 @@ impl Supervisor {
         let _ = reader.join();
     }
 
-    fn reload(&mut self, now: Instant) -> Option<Ending> {
-        log::info!("SIGHUP: re-reading files and reconnecting");
-        match TlsFiles::load(&self.config) {
-            Ok(files) => {
-                self.tls_files = files;
-                self.connector = None;
-            }
-            Err(err) => log::error!("{err}; keeping the TLS files read before"),
-        }
-        // The header file needs nothing here: every attempt re-reads it.
-        self.backoff.reset();
-        self.failures_in_row = 0;
-        match self.replace_phase(now) {
-            Phase::Connected(active) => {
-                // The teardown waits for the Close to be written, and the supervisor serves
-                // nothing meanwhile (watchdog included). With lines still being written the
-                // peer may have stopped reading and the Close would queue behind them for
-                // up to --pong-timeout: cut the connection instead (unsent lines are kept).
-                // Otherwise a full socket gets RELOAD_CLOSE_WRITE for the Close.
-                let graceful = self.outbox.is_idle();
-                if graceful {
-                    let _ = active.tcp.set_write_timeout(Some(RELOAD_CLOSE_WRITE));
-                    let _ = active
-                        .commands
-                        .send(Command::Close(CloseCode::Normal, "reload"));
-                }
-                self.phase = Phase::Connected(active);
-                self.teardown(graceful);
-            }
-            Phase::Connecting { attempt, .. } => self.abandon(attempt),
-            Phase::Backoff { .. } => {}
-        }
-        self.start_connect(now)
-    }
-
-    fn terminate(&mut self, now: Instant) -> Option<Ending> {
-        if self.stop_by.is_some() {
-            return None;
-        }
-        let stop_by = now + STOP_BUDGET;
-        self.stop_by = Some(stop_by);
-        self.notify(&[Notify::Stopping]);
-        match &mut self.phase {
-            Phase::Connected(active) => {
-                log::info!("stopping: closing the connection (1001)");
-                let _ = active
-                    .commands
-                    .send(Command::Close(CloseCode::Away, "shutting down"));
-                active.closing_until = Some(stop_by);
-                None
-            }
-            Phase::Connecting { .. } => {
-                let attempt = self.take_attempt(now);
-                self.abandon(attempt);
-                Some(Ending::Stopped)
-            }
-            Phase::Backoff { .. } => Some(Ending::Stopped),
-        }
-    }
-
     fn finish(mut self, ending: Ending) -> Ending {
         // No more lines: a producer waiting for room goes on, its line discarded.
         self.outbox.close();
         self.teardown(false);
-        if !matches!(ending, Ending::Stopped) {
-            self.notify(&[Notify::Stopping]);
-        }
-        if let Ending::GaveUp(reason) | Ending::ProbeFailed(reason) = &ending {
-            self.status.last_error = Some(reason.clone());
-        }
-        self.set_state(State::Stopped, Instant::now());
         // Aborted attempts end at once; one stuck in DNS or in the TCP connect cannot be
         // interrupted and gets a bounded wait before the process leaves it behind.
-        let give_up = self.stop_by.unwrap_or_else(|| Instant::now() + LEAVE_GRACE);
+        let give_up = self
+            .machine
+            .stop_by()
+            .unwrap_or_else(|| Instant::now() + LEAVE_GRACE);
         self.finish_delivery(give_up);
-        while !self.stragglers.is_empty() {
+        for attempt in self.attempts.values() {
+            attempt.abort.abort();
+        }
+        while !self.attempts.is_empty() {
             let left = give_up.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(left) {
-                Ok(Event::Connected { conn, .. }) => self.join_straggler(conn),
+                Ok(Event::Connected { conn, .. }) => {
+                    if let Some(attempt) = self.attempts.remove(&conn) {
+                        let _ = attempt.thread.join();
+                    }
+                }
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -947,14 +582,44 @@ impl Supervisor {
         }
     }
 
-    fn set_state(&mut self, state: State, now: Instant) {
+    /// The round trip and drop count may have changed: publish if they did.
+    fn refresh_status(&mut self) {
+        let rtt = self
+            .active
+            .as_ref()
+            .and_then(|active| heartbeat::lock(&active.liveness).rtt());
+        let dropped = self.outbox.dropped();
+        let changed =
+            (self.active.is_some() && rtt != self.reported_rtt) || dropped != self.status.dropped;
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// Writes the machine's state to the status file, `STATUS=` and the observer.
+    fn publish(&mut self) {
+        let state = self.machine.state();
         if self.status.state != state {
             self.status.state = state;
             self.status.since_unix_ms = unix_ms_now();
         }
+        self.status.reconnects = self.machine.reconnects();
+        self.status.last_error = self.machine.last_error().map(str::to_owned);
+        self.status.dropped = self.outbox.dropped();
+        if let Some(active) = &self.active {
+            let rtt = heartbeat::lock(&active.liveness).rtt();
+            self.reported_rtt = rtt;
+            if rtt.is_some() {
+                self.status.rtt_ms = rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
+            }
+        }
         self.notify(&[Notify::Status(self.describe())]);
         self.observer.state(&self.status);
-        self.write_status(now);
+        if let Some(file) = &self.status_file {
+            if let Err(err) = file.write(&self.status) {
+                log::warn!("--status-file {}: {err}", file.path().display());
+            }
+        }
     }
 
     fn describe(&self) -> String {
@@ -976,21 +641,23 @@ impl Supervisor {
         }
     }
 
-    fn write_status(&mut self, now: Instant) {
-        self.status_dirty = false;
-        self.status.dropped = self.outbox.dropped();
-        self.schedule_refresh(now);
-        if let Some(file) = &self.status_file {
-            if let Err(err) = file.write(&self.status) {
-                log::warn!("--status-file {}: {err}", file.path().display());
-            }
-        }
-    }
-
     fn notify(&self, states: &[Notify]) {
         if let Some(notifier) = &self.systemd.notifier {
             notifier.notify(states);
         }
+    }
+}
+
+/// The machine's settings for `config`: the status is refreshed only if someone reads
+/// it (a status file or systemd), at most once per ping interval and [`MIN_REFRESH`].
+fn settings(config: &Config, systemd: &Systemd, status_file: bool) -> Settings {
+    let reports_status = status_file || systemd.notifier.is_some();
+    Settings {
+        once: config.once,
+        max_retries: config.max_retries,
+        heartbeat_off: config.ping_interval.is_zero(),
+        watchdog: systemd.watchdog,
+        refresh: reports_status.then(|| config.ping_interval.max(MIN_REFRESH)),
     }
 }
 
@@ -1005,8 +672,14 @@ fn ws_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         // Small buffers: a device holds one connection, and messages are typically small.
         .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(config.max_message_size.saturating_add(64 * 1024))
+        // Lines are written in batches with one flush; Pings, Pongs and Closes flush at once.
+        .write_buffer_size(WRITE_BATCH_BYTES)
+        .max_write_buffer_size(
+            config
+                .max_message_size
+                .saturating_add(WRITE_BATCH_BYTES)
+                .saturating_add(64 * 1024),
+        )
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size))
 }
@@ -1015,12 +688,4 @@ fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn fmt_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
-    }
 }
