@@ -68,15 +68,14 @@
 
 pub mod backoff;
 pub mod config;
+pub mod connection;
 pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod headers;
-pub mod heartbeat;
 pub mod logging;
 pub mod machine;
 pub mod outbox;
-pub mod reader;
 pub mod sd_notify;
 #[allow(unsafe_code)]
 pub mod signals;

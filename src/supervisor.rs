@@ -22,16 +22,16 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::backoff::{Backoff, Random, SplitMix64};
 use crate::config::{Config, HeartbeatMode};
+use crate::connection::liveness::{self, Liveness, SharedLiveness};
+use crate::connection::reader::Reader;
+use crate::connection::socket::SharedSocket;
+use crate::connection::writer::{Command, Schedule, WRITE_BATCH_BYTES, Writer};
 use crate::delivery::{self, Delivery};
 use crate::error::{ConfigError, ConnectError, Stage};
 pub use crate::events::{ConnId, Ending, Event, Observer};
 use crate::headers::read_header_file;
-use crate::heartbeat::{
-    self, Command, Liveness, Schedule, SharedLiveness, WRITE_BATCH_BYTES, Writer,
-};
 use crate::machine::{Action, Input, Machine, Settings};
 use crate::outbox::Outbox;
-use crate::reader::{Reader, SharedSocket};
 use crate::sd_notify::{Notifier, Notify};
 use crate::status_file::{State, Status, StatusFile};
 use crate::tls::{Connector, TlsFiles};
@@ -587,7 +587,7 @@ impl Supervisor {
         let rtt = self
             .active
             .as_ref()
-            .and_then(|active| heartbeat::lock(&active.liveness).rtt());
+            .and_then(|active| liveness::lock(&active.liveness).rtt());
         let dropped = self.outbox.dropped();
         let changed =
             (self.active.is_some() && rtt != self.reported_rtt) || dropped != self.status.dropped;
@@ -607,7 +607,7 @@ impl Supervisor {
         self.status.last_error = self.machine.last_error().map(str::to_owned);
         self.status.dropped = self.outbox.dropped();
         if let Some(active) = &self.active {
-            let rtt = heartbeat::lock(&active.liveness).rtt();
+            let rtt = liveness::lock(&active.liveness).rtt();
             self.reported_rtt = rtt;
             if rtt.is_some() {
                 self.status.rtt_ms = rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);

@@ -37,6 +37,12 @@ fn a_stdin_burst_while_connected_is_delivered_whole() {
         .arg(&status_path)
         .spawn();
     server.expect_upgrades(WAIT(), 1);
+    // Connected as the client sees it (the server's view comes first): from here on
+    // nothing may be dropped.
+    let connected = poll_until(WAIT(), || {
+        (status(&status_path).get("state").map(String::as_str) == Some("connected")).then_some(())
+    });
+    assert!(connected.is_some(), "{}", c.output().stderr);
     let mut stdin = c.take_stdin().expect("stdin");
     let burst: String = (0..LINES).map(|i| format!("line {i}\n")).collect();
     let writer = std::thread::spawn(move || {
@@ -234,7 +240,8 @@ fn a_blocked_pong_write_is_a_dead_connection() {
         .spawn();
     server.expect_upgrades(WAIT(), 1);
     // Far below the 60 s heartbeat: only the write bound can find it.
-    server.expect_upgrades(scaled(ms(15_000)), 2);
+    let second = server.wait_count(scaled(ms(15_000)), 2, |e| e.is_upgraded());
+    assert!(second.is_some(), "no reconnect\n{}", c.output().stderr);
     assert!(
         c.output().stderr.contains("write timed out"),
         "{}",

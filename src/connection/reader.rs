@@ -1,85 +1,29 @@
-//! The reader thread, and the socket both per-connection threads share.
-//!
-//! # Lock discipline
-//! The WebSocket sits behind one mutex in [`SharedSocket`]. The reader never holds
-//! it while waiting for data: it blocks in `peek` on a clone of the TCP socket
-//! (outside the lock) until bytes or EOF arrive, then takes the lock and drains
-//! messages with non-blocking reads (`MSG_DONTWAIT`, see [`Stream::set_draining`])
-//! until `WouldBlock`, so bytes already buffered inside TLS or tungstenite are never
-//! stranded. After each server Ping it flushes at once, because tungstenite only
-//! queues the Pong; writes stay blocking, bounded by the socket's write timeout.
-//!
-//! `std::sync::Mutex` is not fair, so a reader under a message flood could keep
-//! re-taking the lock and starve the heartbeat. Writers therefore announce
-//! themselves in `writers_waiting`, and the reader yields the lock to them on a
-//! condition variable before draining; it also drains at most [`BATCH`] messages
-//! per turn. The heartbeat's writes are bounded by the socket's write timeout,
-//! which bounds how long the reader can wait for the lock.
-//!
-//! A poisoned mutex (a thread panicked while holding it) is taken over as is: the
-//! connection is being torn down by then and only needs to be closed.
+//! The reader thread: waits for the socket outside the lock, drains under it, and
+//! hands what arrived on: answers to the shared liveness, messages to the delivery
+//! buffer (waiting there, paused, when stdout does not keep up). See
+//! [`super::socket`] for the lock discipline.
 
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+use super::liveness::{self, Proof, SharedLiveness};
+use super::socket::{Drain, SharedSocket};
 use crate::delivery::{BATCH_BYTES, Delivery};
 use crate::events::{ConnId, Event, Observer};
-use crate::heartbeat::{self, Proof, SharedLiveness};
-use crate::transport::Stream;
 
 /// Most messages drained per lock acquisition, so waiting writers get their turn;
 /// also at most [`BATCH_BYTES`] of text, so the reader holds little beyond the
 /// output buffer's bound.
 pub const BATCH: usize = 32;
 
-/// The connection's WebSocket, shared by its reader and heartbeat threads.
-pub struct SharedSocket {
-    ws: Mutex<WebSocket<Stream>>,
-    writers_waiting: AtomicUsize,
-    writer_done: Condvar,
-}
-
-impl SharedSocket {
-    /// Wraps an upgraded WebSocket.
-    pub fn new(ws: WebSocket<Stream>) -> SharedSocket {
-        SharedSocket {
-            ws: Mutex::new(ws),
-            writers_waiting: AtomicUsize::new(0),
-            writer_done: Condvar::new(),
-        }
-    }
-
-    /// Runs `write` with the socket locked, ahead of the reader.
-    pub fn write<T>(&self, write: impl FnOnce(&mut WebSocket<Stream>) -> T) -> T {
-        self.writers_waiting.fetch_add(1, Ordering::SeqCst);
-        let mut ws = self.ws.lock().unwrap_or_else(PoisonError::into_inner);
-        // Decrement while holding the lock: the reader checks the count under the same lock.
-        self.writers_waiting.fetch_sub(1, Ordering::SeqCst);
-        self.writer_done.notify_all();
-        write(&mut ws)
-    }
-
-    /// The lock, once no writer is waiting for it.
-    fn lock_for_read(&self) -> MutexGuard<'_, WebSocket<Stream>> {
-        let mut ws = self.ws.lock().unwrap_or_else(PoisonError::into_inner);
-        while self.writers_waiting.load(Ordering::SeqCst) > 0 {
-            ws = self
-                .writer_done
-                .wait(ws)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        ws
-    }
-}
-
 /// How the reader thread ended.
+#[derive(Debug)]
 enum Ending {
     /// The server sent a Close frame (already answered).
     Closed(Option<CloseFrame>),
@@ -164,10 +108,10 @@ impl Reader {
     fn deliver(&self, texts: &mut Vec<String>) {
         let waited = self.delivery.push(texts, self.generation, || {
             log::debug!("output buffer full: reading paused until stdout catches up");
-            heartbeat::lock(&self.liveness).pause();
+            liveness::lock(&self.liveness).pause();
         });
         if waited {
-            heartbeat::lock(&self.liveness).resume(Instant::now());
+            liveness::lock(&self.liveness).resume(Instant::now());
         }
     }
 
@@ -175,7 +119,7 @@ impl Reader {
     /// life wakes the supervisor (it resets the backoff); later ones just update
     /// the state the heartbeat thread reads at its next wake-up.
     fn record(&self, proofs: &mut Vec<(Proof, Instant)>) {
-        let mut live = heartbeat::lock(&self.liveness);
+        let mut live = liveness::lock(&self.liveness);
         let was_proven = live.proven();
         let mut rtt = None;
         for (proof, at) in proofs.drain(..) {
@@ -200,13 +144,30 @@ impl Reader {
         proofs: &mut Vec<(Proof, Instant)>,
     ) -> (bool, Option<Ending>) {
         let mut ws = self.socket.lock_for_read();
+        drain(&mut ws, self.pong_text.as_deref(), texts, proofs)
+    }
+}
+
+/// Reads what has arrived, without waiting: at most [`BATCH`] messages or
+/// [`BATCH_BYTES`] of text. Returns whether the stream ran dry, and the ending if any.
+fn drain<S: Drain>(
+    ws: &mut WebSocket<S>,
+    pong_text: Option<&str>,
+    texts: &mut Vec<String>,
+    proofs: &mut Vec<(Proof, Instant)>,
+) -> (bool, Option<Ending>) {
+    {
         ws.get_mut().set_draining(true);
         let mut drained = false;
         let mut ending = None;
         let mut other_at = None;
         let mut text_bytes = 0usize;
         for _ in 0..BATCH {
-            if text_bytes >= BATCH_BYTES {
+            // A write that ran into the write timeout (a Pong flushed here, or inside
+            // tungstenite's read, which swallows the error) means the server stopped
+            // reading: the connection is dead, whatever it still sends. Checked per
+            // message, or every Ping of the turn would wait out the timeout in turn.
+            if ws.get_ref().write_stalled() || text_bytes >= BATCH_BYTES {
                 break;
             }
             let message = match ws.read() {
@@ -218,14 +179,14 @@ impl Reader {
                     break;
                 }
                 Err(err) => {
-                    ending = Some(fail(&mut ws, err));
+                    ending = Some(fail(ws, err));
                     break;
                 }
             };
             let at = Instant::now();
             match message {
                 Message::Text(text) => {
-                    if self.pong_text.as_deref() == Some(text.as_str()) {
+                    if pong_text == Some(text.as_str()) {
                         proofs.push((Proof::TextPong, at));
                     } else {
                         text_bytes += text.len();
@@ -255,11 +216,10 @@ impl Reader {
         }
         ws.get_mut().set_draining(false);
         // Whatever tungstenite still holds (a Pong, our Close reply, a 1009 Close) goes
-        // out now, bounded by the write timeout. Errors surface on the next read.
-        let _ = ws.flush();
-        // A write that ran into the write timeout (here, or inside tungstenite's read,
-        // which swallows it) means the server stopped reading: the connection is dead,
-        // whatever it still sends. Waiting for the next write would double the delay.
+        // out now, bounded by the write timeout, unless a write already timed out.
+        if !ws.get_ref().write_stalled() {
+            let _ = ws.flush();
+        }
         if ending.is_none() && ws.get_ref().write_stalled() {
             ending = Some(Ending::Dead(
                 "write timed out: the server stopped reading".into(),
@@ -272,7 +232,7 @@ impl Reader {
 /// The connection's ending for a read error. Errors that break RFC 6455 are answered
 /// with the Close its §7.1.7 asks for (1002, 1007 for invalid UTF-8, 1009 for a message
 /// over `--max-message-size`) before the TCP connection is dropped.
-fn fail(ws: &mut WebSocket<Stream>, err: tungstenite::Error) -> Ending {
+fn fail<S: Drain>(ws: &mut WebSocket<S>, err: tungstenite::Error) -> Ending {
     use tungstenite::error::ProtocolError;
     let (code, reason, why) = match err {
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
@@ -306,4 +266,191 @@ fn fail(ws: &mut WebSocket<Stream>, err: tungstenite::Error) -> Ending {
         reason: reason.into(),
     }));
     Ending::Dead(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{self, Read, Write};
+    use tungstenite::protocol::{Role, WebSocketConfig};
+
+    /// A stream that holds what the server sent and records what the client wrote.
+    #[derive(Default)]
+    struct Mock {
+        input: io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+        draining: bool,
+        /// Writes time out (the peer stopped reading) ...
+        refuse_writes: bool,
+        /// ... and one has.
+        stalled: bool,
+        write_attempts: usize,
+    }
+
+    impl Read for Mock {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.input.read(buf)?;
+            if n == 0 && self.draining && !buf.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Mock {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_attempts += 1;
+            if self.refuse_writes {
+                self.stalled = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Drain for Mock {
+        fn set_draining(&mut self, on: bool) {
+            self.draining = on;
+        }
+
+        fn write_stalled(&self) -> bool {
+            self.stalled
+        }
+    }
+
+    /// An unmasked server frame.
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut f = vec![first, payload.len() as u8];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn client(input: Vec<u8>) -> WebSocket<Mock> {
+        let mock = Mock {
+            input: io::Cursor::new(input),
+            ..Mock::default()
+        };
+        WebSocket::from_raw_socket(mock, Role::Client, Some(WebSocketConfig::default()))
+    }
+
+    /// The client's frames (masked): opcode and unmasked payload of each.
+    fn written(ws: &WebSocket<Mock>) -> Vec<(u8, Vec<u8>)> {
+        let mut out = ws.get_ref().output.as_slice();
+        let mut frames = Vec::new();
+        while out.len() >= 6 {
+            let opcode = out[0] & 0x0f;
+            let len = usize::from(out[1] & 0x7f);
+            assert!(len < 126, "short frames only");
+            let mask = [out[2], out[3], out[4], out[5]];
+            let payload = out[6..6 + len]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            frames.push((opcode, payload));
+            out = &out[6 + len..];
+        }
+        frames
+    }
+
+    fn run(ws: &mut WebSocket<Mock>) -> (bool, Option<Ending>, Vec<String>, usize) {
+        let (mut texts, mut proofs) = (Vec::new(), Vec::new());
+        let (drained, ending) = drain(ws, Some("pong"), &mut texts, &mut proofs);
+        (drained, ending, texts, proofs.len())
+    }
+
+    fn close_code(ws: &WebSocket<Mock>) -> Option<u16> {
+        written(ws)
+            .into_iter()
+            .find(|(opcode, _)| *opcode == 0x8)
+            .map(|(_, payload)| u16::from_be_bytes([payload[0], payload[1]]))
+    }
+
+    #[test]
+    fn buffered_frames_are_handled_without_waiting_for_the_socket() {
+        // A welcome message, a Ping and a Close that came with the handshake response.
+        let mut input = frame(0x81, b"welcome");
+        input.extend(frame(0x89, b"srv"));
+        input.extend(frame(0x88, &1000u16.to_be_bytes()));
+        let mut ws = client(input);
+        let (_, ending, texts, _) = run(&mut ws);
+        assert_eq!(texts, ["welcome"]);
+        assert!(matches!(ending, Some(Ending::Closed(_))), "{ending:?}");
+        let frames = written(&ws);
+        assert_eq!(frames[0], (0xA, b"srv".to_vec()), "the Ping is answered");
+        assert_eq!(close_code(&ws), Some(1000), "the Close is answered");
+    }
+
+    #[test]
+    fn a_text_pong_is_a_proof_not_a_message() {
+        let mut ws = client(frame(0x81, b"pong"));
+        let (drained, ending, texts, proofs) = run(&mut ws);
+        assert!(drained && ending.is_none() && texts.is_empty());
+        assert_eq!(proofs, 1);
+    }
+
+    #[test]
+    fn a_turn_takes_at_most_a_batch() {
+        let input = (0..BATCH + 5).flat_map(|_| frame(0x81, b"x")).collect();
+        let mut ws = client(input);
+        let (drained, _, texts, _) = run(&mut ws);
+        assert_eq!((drained, texts.len()), (false, BATCH));
+        let (drained, _, texts, _) = run(&mut ws);
+        assert_eq!((drained, texts.len()), (true, 5));
+    }
+
+    #[test]
+    fn protocol_errors_are_answered_with_1002_before_the_end() {
+        let mut masked = vec![0x81, 0x82, 1, 2, 3, 4];
+        masked.extend([b'h' ^ 1, b'i' ^ 2]);
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("masked server frame", masked),
+            ("reserved bits", frame(0xC1, b"x")),
+            ("reserved opcode", frame(0x83, b"x")),
+            ("orphan continuation", frame(0x80, b"x")),
+            ("fragmented control frame", frame(0x09, b"x")),
+        ];
+        for (what, input) in cases {
+            let mut ws = client(input);
+            let (_, ending, _, _) = run(&mut ws);
+            assert!(
+                matches!(&ending, Some(Ending::Dead(reason)) if reason.contains("1002")),
+                "{what}: {ending:?}"
+            );
+            assert_eq!(close_code(&ws), Some(1002), "{what}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_answered_with_1007() {
+        let mut ws = client(frame(0x81, &[0xff, 0xfe]));
+        let (_, ending, texts, _) = run(&mut ws);
+        assert!(texts.is_empty());
+        assert!(
+            matches!(&ending, Some(Ending::Dead(reason)) if reason.contains("1007")),
+            "{ending:?}"
+        );
+        assert_eq!(close_code(&ws), Some(1007));
+    }
+
+    #[test]
+    fn a_stalled_write_ends_the_connection_although_frames_keep_coming() {
+        let input = (0..3).flat_map(|_| frame(0x89, b"p")).collect();
+        let mut ws = client(input);
+        ws.get_mut().refuse_writes = true;
+        let (_, ending, _, proofs) = run(&mut ws);
+        assert_eq!(proofs, 1, "the Ping still counts as a frame");
+        // The first blocked Pong ends the turn: the other Pings do not wait in turn.
+        assert_eq!(ws.get_ref().write_attempts, 1, "wrote on after the stall");
+        assert!(
+            matches!(&ending, Some(Ending::Dead(reason)) if reason.contains("write timed out")),
+            "{ending:?}"
+        );
+    }
 }

@@ -1,0 +1,8 @@
+//! One connection: the socket its two threads share ([`socket`]), the reader
+//! ([`reader`]), the heartbeat thread that is also the only writer ([`writer`]),
+//! and the pure liveness rules they apply ([`liveness`]).
+
+pub mod liveness;
+pub mod reader;
+pub mod socket;
+pub mod writer;
