@@ -66,6 +66,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adaptive;
 pub mod backoff;
 pub mod config;
 pub mod connection;
