@@ -76,6 +76,7 @@ pub mod events;
 pub mod headers;
 pub mod logging;
 pub mod machine;
+pub mod metrics;
 pub mod outbox;
 pub mod sd_notify;
 #[allow(unsafe_code)]
