@@ -6,6 +6,7 @@ mod backpressure;
 mod cli;
 mod data;
 mod heartbeat;
+mod hostile;
 mod reconnect;
 mod systemd;
 mod tls;

@@ -12,6 +12,10 @@
 //! [`Server::expect`], or [`Server::subscribe`] for a channel of new events. Connection ids
 //! count TCP accepts from 0.
 //!
+//! Hostile servers: [`Msg::Raw`] writes hand-made (possibly invalid) frames built with [`frame`],
+//! [`Behavior::with_101`] writes frames in the same `write()` as the 101 response,
+//! and [`Behavior::response_headers`] adds headers to the 101.
+//!
 //! TLS ([`Server::start_tls`]) uses OpenSSL with certificates from [`Pki`], optionally requiring
 //! a client certificate (mutual TLS). On TLS connections reads and writes share a lock, so a
 //! flooding TLS connection reads late; use plain connections for timing-sensitive floods.
@@ -37,6 +41,8 @@ pub enum Msg {
     Text(String),
     /// A binary message.
     Binary(Vec<u8>),
+    /// Bytes written as they are: a hand-made frame, valid or not (see [`frame`]).
+    Raw(Vec<u8>),
 }
 
 /// How the opening handshake goes.
@@ -100,6 +106,11 @@ pub struct Behavior {
     pub ping_flood: bool,
     /// Text replies: when a text equal to `.0` arrives, send `.1` (e.g. `("ping", "pong")`).
     pub replies: Vec<(String, String)>,
+    /// Plain connections: bytes (frames) written in the same `write()` call as the 101
+    /// response, so they reach the client in the handshake's own segment.
+    pub with_101: Vec<u8>,
+    /// Extra headers on the 101 response (e.g. an extension the client never offered).
+    pub response_headers: Vec<(String, String)>,
 }
 
 impl Default for Behavior {
@@ -117,6 +128,8 @@ impl Default for Behavior {
             flood: None,
             ping_flood: false,
             replies: Vec::new(),
+            with_101: Vec::new(),
+            response_headers: Vec::new(),
         }
     }
 }
@@ -166,6 +179,12 @@ impl Behavior {
             handshake: Handshake::StallUpgrade,
             ..Behavior::default()
         }
+    }
+
+    /// Appends `frames` (see [`encode`], [`frame`]) to the 101 response, in the same write.
+    pub fn with_101(mut self, frames: &[u8]) -> Behavior {
+        self.with_101.extend_from_slice(frames);
+        self
     }
 
     /// Sets how Pings are answered.
@@ -423,6 +442,7 @@ impl Conn {
         match m {
             Msg::Text(t) => self.send_frame(OP_TEXT, t.as_bytes()),
             Msg::Binary(b) => self.send_frame(OP_BINARY, b),
+            Msg::Raw(bytes) => self.io.write_all(bytes),
         }
     }
 
@@ -439,31 +459,52 @@ impl Conn {
     }
 }
 
-const OP_CONT: u8 = 0;
-const OP_TEXT: u8 = 1;
-const OP_BINARY: u8 = 2;
-const OP_CLOSE: u8 = 8;
-const OP_PING: u8 = 9;
-const OP_PONG: u8 = 10;
+/// Continuation frame opcode.
+pub const OP_CONT: u8 = 0;
+/// Text frame opcode.
+pub const OP_TEXT: u8 = 1;
+/// Binary frame opcode.
+pub const OP_BINARY: u8 = 2;
+/// Close frame opcode.
+pub const OP_CLOSE: u8 = 8;
+/// Ping frame opcode.
+pub const OP_PING: u8 = 9;
+/// Pong frame opcode.
+pub const OP_PONG: u8 = 10;
+/// FIN bit of a frame's first byte.
+pub const FIN: u8 = 0x80;
 
 /// Largest message the server accepts from a client (protects the test from a runaway client).
 const MAX_INCOMING: u64 = 64 << 20;
 
 /// An unmasked server frame with FIN set.
 pub fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(payload.len() + 10);
-    v.push(0x80 | opcode);
+    frame(FIN | opcode, None, payload)
+}
+
+/// A frame with any first byte (FIN, RSV bits, opcode: valid or not), masked with `mask` if
+/// given (which a server must never do): the raw material of protocol-error tests.
+pub fn frame(first: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + 14);
+    v.push(first);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let n = payload.len();
     if n < 126 {
-        v.push(n as u8);
+        v.push(mask_bit | n as u8);
     } else if n <= 0xffff {
-        v.push(126);
+        v.push(mask_bit | 126);
         v.extend_from_slice(&(n as u16).to_be_bytes());
     } else {
-        v.push(127);
+        v.push(mask_bit | 127);
         v.extend_from_slice(&(n as u64).to_be_bytes());
     }
-    v.extend_from_slice(payload);
+    match mask {
+        Some(m) => {
+            v.extend_from_slice(&m);
+            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => v.extend_from_slice(payload),
+    }
     v
 }
 
@@ -915,6 +956,39 @@ fn serve(sh: Arc<Shared>, id: usize, tcp: TcpStream, b: Behavior) {
     script_loop(&conn, &b);
 }
 
+/// Holds what tungstenite's server handshake writes, so that [`Behavior::with_101`] frames go
+/// out in the same `write()` call as the 101 response. Whatever is still held when it is
+/// dropped (a rejection) is written then.
+struct HoldWrites {
+    tcp: TcpStream,
+    held: Vec<u8>,
+}
+
+impl Read for HoldWrites {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for HoldWrites {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.held.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for HoldWrites {
+    fn drop(&mut self) {
+        if !self.held.is_empty() {
+            let _ = self.tcp.write_all(&self.held);
+        }
+    }
+}
+
 /// Reads and discards until EOF, an error, or the handshake timeout.
 fn drain(r: &mut impl Read) {
     let mut buf = [0u8; 4096];
@@ -935,6 +1009,7 @@ fn callback(
 ) -> impl FnOnce(&Request, Response) -> Result<Response, ErrorResponse> {
     let sh = Arc::clone(sh);
     let handshake = b.handshake.clone();
+    let extra = b.response_headers.clone();
     move |req: &Request, mut resp: Response| {
         let headers: Vec<(String, String)> = req
             .headers()
@@ -981,6 +1056,12 @@ fn callback(
                 HeaderValue::from_str(first).expect("subprotocol value"),
             );
         }
+        for (k, v) in extra {
+            resp.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                HeaderValue::from_str(&v).expect("header value"),
+            );
+        }
         sh.emit(
             id,
             Kind::Upgraded {
@@ -995,6 +1076,33 @@ fn callback(
 }
 
 fn upgrade(sh: &Arc<Shared>, id: usize, tcp: TcpStream, b: &Behavior) -> Option<TcpStream> {
+    if !b.with_101.is_empty() {
+        let hold = HoldWrites {
+            tcp,
+            held: Vec::new(),
+        };
+        return match tungstenite::accept_hdr_with_config(hold, callback(sh, id, b, None), None) {
+            Ok(ws) => {
+                let mut hold = ws.into_inner();
+                let mut out = std::mem::take(&mut hold.held);
+                out.extend_from_slice(&b.with_101);
+                // One write() with TCP_NODELAY: the response and the frames share a segment.
+                let sent = (&hold.tcp).write_all(&out);
+                let tcp = hold.tcp.try_clone().ok();
+                match (sent, tcp) {
+                    (Ok(()), Some(tcp)) => Some(tcp),
+                    _ => {
+                        sh.emit(id, Kind::Disconnected);
+                        None
+                    }
+                }
+            }
+            Err(_) => {
+                sh.emit(id, Kind::Disconnected);
+                None
+            }
+        };
+    }
     match tungstenite::accept_hdr_with_config(tcp, callback(sh, id, b, None), None) {
         Ok(ws) => Some(ws.into_inner()),
         Err(_) => {
