@@ -358,6 +358,14 @@ fn upgrade(
     loop {
         match attempt {
             Ok((ws, response)) => {
+                // We offer no extension, so any the server selects was not offered, and its
+                // frames (RSV bits, compressed payloads) would fail every read. RFC 6455 §4.1:
+                // the client must fail the connection. tungstenite checks subprotocols only.
+                if let Some(names) = extension_names(response.headers()) {
+                    return Err(ConnectError::Handshake(format!(
+                        "the server selected extension {names}, which was not offered"
+                    )));
+                }
                 let subprotocol = response
                     .headers()
                     .get("Sec-WebSocket-Protocol")
@@ -372,6 +380,30 @@ fn upgrade(
             Err(HandshakeError::Failure(err)) => return Err(classify(err)),
         }
     }
+}
+
+/// The extensions named by `Sec-WebSocket-Extensions` (each name without its parameters,
+/// comma-separated), or `None` if there are none. Names are reduced to token characters and
+/// shortened, since they come from the server and go to the log.
+fn extension_names(headers: &tungstenite::http::HeaderMap) -> Option<String> {
+    let names: Vec<String> = headers
+        .get_all("Sec-WebSocket-Extensions")
+        .iter()
+        .flat_map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .split(',')
+                .map(|item| {
+                    let name = item.split(';').next().unwrap_or("").trim();
+                    name.chars()
+                        .filter(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(*c))
+                        .take(64)
+                        .collect::<String>()
+                })
+                .filter(|name| !name.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 fn classify(err: tungstenite::Error) -> ConnectError {
@@ -477,6 +509,28 @@ fn parse_http_date(value: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extension_names_are_named_without_parameters() {
+        let mut headers = tungstenite::http::HeaderMap::new();
+        assert_eq!(extension_names(&headers), None);
+        headers.append("Sec-WebSocket-Extensions", "".parse().unwrap());
+        assert_eq!(extension_names(&headers), None);
+        headers.append(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits=15, x-webkit-deflate-frame"
+                .parse()
+                .unwrap(),
+        );
+        headers.append(
+            "Sec-WebSocket-Extensions",
+            "evil\tname; a=b".parse().unwrap(),
+        );
+        assert_eq!(
+            extension_names(&headers).as_deref(),
+            Some("permessage-deflate, x-webkit-deflate-frame, evilname")
+        );
+    }
 
     #[test]
     fn retry_after_seconds() {

@@ -1,5 +1,6 @@
 //! Hostile and careless servers, driven by the scripted server's raw-frame behaviours: frames
-//! that arrive in the handshake's own segment, and frames that break RFC 6455.
+//! that arrive in the handshake's own segment, frames that break RFC 6455, and a 101 that
+//! selects an extension or subprotocol the client never offered.
 
 use crate::util::server::{
     Behavior, FIN, Kind, Msg, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, Server, encode, frame,
@@ -141,4 +142,55 @@ fn invalid_utf8_across_fragments_is_closed_with_1007() {
     let mut bad = frame(OP_TEXT, None, b"euro \xe2");
     bad.extend(frame(FIN | OP_CONT, None, b"\x28\xac"));
     fails_with_close(bad, 1007);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake responses the client must refuse (RFC 6455 §4.1)
+// ---------------------------------------------------------------------------------------------
+
+/// A 101 selecting an extension the client never offered fails the attempt; the attempt is
+/// an ordinary failed one (backoff, `--max-retries`) and the log names the extension.
+#[test]
+fn unrequested_extension_fails_the_handshake() {
+    let server = Server::start(Behavior::default().response_header(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits=15",
+    ));
+    let out = Wsbeat::new()
+        .fast()
+        .args(["--max-retries", "2"])
+        .arg(server.url())
+        .run(WAIT());
+    assert_eq!(out.code, Some(1), "{}", out.dump());
+    let naming = out
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("permessage-deflate"))
+        .count();
+    // One warning per failed attempt, then the final reason.
+    assert!(naming >= 3, "the extension is not named\n{}", out.dump());
+    assert!(
+        out.stderr.contains("reconnecting in"),
+        "no backoff\n{}",
+        out.dump()
+    );
+    assert_eq!(server.upgrades(), 2, "{}", server.dump());
+}
+
+/// Kept as it was: a subprotocol the client did not offer fails the attempt too.
+#[test]
+fn unrequested_subprotocol_fails_the_handshake() {
+    let server =
+        Server::start(Behavior::default().response_header("Sec-WebSocket-Protocol", "chat.evil"));
+    let out = Wsbeat::new()
+        .fast()
+        .args(["--max-retries", "1"])
+        .arg(server.url())
+        .run(WAIT());
+    assert_eq!(out.code, Some(1), "{}", out.dump());
+    assert!(
+        out.stderr.to_lowercase().contains("subprotocol"),
+        "{}",
+        out.dump()
+    );
 }

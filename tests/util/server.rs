@@ -14,7 +14,7 @@
 //!
 //! Hostile servers: [`Msg::Raw`] writes hand-made (possibly invalid) frames built with [`frame`],
 //! [`Behavior::with_101`] writes frames in the same `write()` as the 101 response,
-//! and [`Behavior::response_headers`] adds headers to the 101.
+//! and [`Behavior::response_header`] adds headers to the 101 (an extension never offered).
 //!
 //! TLS ([`Server::start_tls`]) uses OpenSSL with certificates from [`Pki`], optionally requiring
 //! a client certificate (mutual TLS). On TLS connections reads and writes share a lock, so a
@@ -184,6 +184,12 @@ impl Behavior {
     /// Appends `frames` (see [`encode`], [`frame`]) to the 101 response, in the same write.
     pub fn with_101(mut self, frames: &[u8]) -> Behavior {
         self.with_101.extend_from_slice(frames);
+        self
+    }
+
+    /// Adds the header `name: value` to the 101 response.
+    pub fn response_header(mut self, name: &str, value: &str) -> Behavior {
+        self.response_headers.push((name.into(), value.into()));
         self
     }
 
