@@ -87,9 +87,10 @@ impl fmt::Debug for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The step of connection set-up that a timeout interrupted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stage {
-    /// Name resolution.
+    /// Name resolution, the first step.
+    #[default]
     Resolve,
     /// TCP three-way handshake.
     Tcp,

@@ -416,7 +416,7 @@ impl Supervisor {
         match self.attempts.get(&conn) {
             Some(attempt) => {
                 attempt.abort.abort();
-                Stage::Resolve
+                attempt.abort.stage()
             }
             None => Stage::Resolve,
         }

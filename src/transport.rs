@@ -178,10 +178,12 @@ pub struct Dial<'a> {
     pub write_timeout: Duration,
 }
 
-/// Lets the supervisor cut short an attempt it no longer wants (stop, reload): once the
-/// TCP socket exists, shutting it down fails the TLS handshake or upgrade at once, so
-/// the attempt's thread ends and is joined instead of running on to its deadline.
-/// DNS and the TCP connect itself cannot be cut short; they end by the deadline.
+/// Lets the supervisor cut short an attempt it no longer wants (stop, reload, past its
+/// deadline): once the TCP socket exists, shutting it down fails the TLS handshake or
+/// upgrade at once, so the attempt's thread ends and is joined instead of running on to
+/// its deadline. DNS and the TCP connect itself cannot be cut short; they end by the
+/// deadline. It also tells which stage the attempt is in, so a supervisor that gives up
+/// on it can say what ran out of time.
 #[derive(Default)]
 pub struct Abort(Mutex<AbortState>);
 
@@ -190,6 +192,8 @@ struct AbortState {
     aborted: bool,
     /// A second handle on the attempt's socket, for [`Abort::abort`].
     socket: Option<TcpStream>,
+    /// The step under way.
+    stage: Stage,
 }
 
 impl Abort {
@@ -200,6 +204,15 @@ impl Abort {
         if let Some(socket) = state.socket.take() {
             let _ = socket.shutdown(Shutdown::Both);
         }
+    }
+
+    /// The step the attempt is in (or was in when it ended).
+    pub fn stage(&self) -> Stage {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).stage
+    }
+
+    fn enter(&self, stage: Stage) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).stage = stage;
     }
 
     fn watch(&self, socket: &TcpStream) -> Result<(), ConnectError> {
@@ -225,6 +238,7 @@ pub fn connect(
     if Instant::now() >= deadline {
         return Err(ConnectError::Timeout(Stage::Resolve));
     }
+    abort.enter(Stage::Tcp);
     let tcp = connect_tcp(&addrs, deadline)?;
     abort.watch(&tcp)?;
     let control = tcp.try_clone().map_err(ConnectError::Tcp)?;
@@ -232,6 +246,7 @@ pub fn connect(
     let stream = match dial.tls {
         #[cfg(feature = "tls")]
         Some(connector) => Stream::Tls(Box::new(handshake_tls(
+            abort,
             connector,
             &dial.target.host,
             tcp,
@@ -242,6 +257,7 @@ pub fn connect(
         Some(connector) => match *connector {},
         None => Stream::Plain(Socket::new(tcp)),
     };
+    abort.enter(Stage::Upgrade);
     let (ws, subprotocol) = upgrade(dial, stream, &control, deadline)?;
     control.set_read_timeout(None).map_err(ConnectError::Tcp)?;
     control
@@ -304,12 +320,14 @@ fn set_timeouts(control: &TcpStream, deadline: Instant, stage: Stage) -> Result<
 
 #[cfg(feature = "tls")]
 fn handshake_tls(
+    abort: &Abort,
     connector: &Connector,
     host: &str,
     tcp: TcpStream,
     control: &TcpStream,
     deadline: Instant,
 ) -> Result<TlsStream<Socket>, ConnectError> {
+    abort.enter(Stage::Tls);
     set_timeouts(control, deadline, Stage::Tls)?;
     let mut attempt = connector.connect(host, Socket::new(tcp));
     loop {

@@ -1,11 +1,15 @@
 //! Hostile and careless servers, driven by the scripted server's raw-frame behaviours: frames
-//! that arrive in the handshake's own segment, frames that break RFC 6455, and a 101 that
-//! selects an extension or subprotocol the client never offered.
+//! that arrive in the handshake's own segment, frames that break RFC 6455, a 101 that selects
+//! an extension or subprotocol the client never offered, and an upgrade answered so slowly that
+//! the connect deadline, not a socket timeout, has to end it.
+
+use std::time::Instant;
 
 use crate::util::server::{
-    Behavior, FIN, Kind, Msg, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, Server, encode, frame,
+    Behavior, Event, FIN, Kind, Msg, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, Server,
+    encode, frame,
 };
-use crate::util::{WAIT, Wsbeat};
+use crate::util::{WAIT, Wsbeat, ms, scaled};
 
 // ---------------------------------------------------------------------------------------------
 // Frames in the same segment as the 101 response (SPEC "Data": handled at once)
@@ -193,4 +197,34 @@ fn unrequested_subprotocol_fails_the_handshake() {
         "{}",
         out.dump()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The connect deadline names the stage that ran out
+// ---------------------------------------------------------------------------------------------
+
+/// A server that answers the upgrade one byte at a time keeps every socket read busy, so only
+/// the overall `--connect-timeout` ends the attempt; the failure names the upgrade, the stage
+/// that ran out, not name resolution.
+#[test]
+fn trickled_upgrade_times_out_naming_the_upgrade() {
+    let server = Server::start(Behavior::trickle());
+    let started = Instant::now();
+    let out = Wsbeat::new()
+        .fast()
+        .args(["--connect-timeout", "1s", "--max-retries", "1"])
+        .arg(server.url())
+        .run(WAIT());
+    assert_eq!(out.code, Some(1), "{}", out.dump());
+    assert!(
+        out.stderr
+            .contains("connect timeout during websocket upgrade"),
+        "{}",
+        out.dump()
+    );
+    assert!(!out.stderr.contains("during resolve"), "{}", out.dump());
+    // Bounded by the deadline plus the supervisor's slack, not by the server's patience.
+    let took = started.elapsed();
+    assert!(took < ms(1000) + scaled(ms(3000)), "took {took:?}");
+    assert!(server.count(Event::is_accepted) >= 1);
 }

@@ -14,7 +14,8 @@
 //!
 //! Hostile servers: [`Msg::Raw`] writes hand-made (possibly invalid) frames built with [`frame`],
 //! [`Behavior::with_101`] writes frames in the same `write()` as the 101 response,
-//! and [`Behavior::response_header`] adds headers to the 101 (an extension never offered).
+//! [`Behavior::response_header`] adds headers to the 101 (an extension never offered), and
+//! [`Handshake::Trickle`] answers the upgrade one byte at a time, never finishing.
 //!
 //! TLS ([`Server::start_tls`]) uses OpenSSL with certificates from [`Pki`], optionally requiring
 //! a client certificate (mutual TLS). On TLS connections reads and writes share a lock, so a
@@ -63,7 +64,14 @@ pub enum Handshake {
     Stall,
     /// Complete TLS (if any), read the upgrade request, never answer it.
     StallUpgrade,
+    /// Plain connections only: read the upgrade request, then answer with a 101 status line
+    /// and a header line that never ends, one byte every [`TRICKLE`]: a slow-loris server whose
+    /// every read returns something, so no socket timeout ever fires.
+    Trickle,
 }
+
+/// The pace of [`Handshake::Trickle`].
+pub const TRICKLE: Duration = Duration::from_millis(100);
 
 /// How Pings from the client are answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -177,6 +185,14 @@ impl Behavior {
     pub fn stall_upgrade() -> Behavior {
         Behavior {
             handshake: Handshake::StallUpgrade,
+            ..Behavior::default()
+        }
+    }
+
+    /// Answers the upgrade request slowly, never finishing (see [`Handshake::Trickle`]).
+    pub fn trickle() -> Behavior {
+        Behavior {
+            handshake: Handshake::Trickle,
             ..Behavior::default()
         }
     }
@@ -897,6 +913,11 @@ fn serve(sh: Arc<Shared>, id: usize, tcp: TcpStream, b: Behavior) {
                 sh.emit(id, Kind::Disconnected);
                 return;
             }
+            if b.handshake == Handshake::Trickle {
+                trickle(&sh, &tcp);
+                sh.emit(id, Kind::Disconnected);
+                return;
+            }
             match upgrade(&sh, id, tcp, &b) {
                 Some(_) => Io::Plain {
                     read: r,
@@ -960,6 +981,28 @@ fn serve(sh: Arc<Shared>, id: usize, tcp: TcpStream, b: Behavior) {
             .spawn(move || read_loop(s, c, &b2));
     }
     script_loop(&conn, &b);
+}
+
+/// [`Handshake::Trickle`]: reads the request up to its blank line, then writes a 101 status
+/// line and an endless header one byte at a time until the peer goes or the server stops.
+fn trickle(sh: &Shared, tcp: &TcpStream) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match (&*tcp).read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    if (&*tcp)
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nX-Slow: ")
+        .is_err()
+    {
+        return;
+    }
+    while !sh.stopping.load(Ordering::SeqCst) && (&*tcp).write_all(b"a").is_ok() {
+        thread::sleep(TRICKLE);
+    }
 }
 
 /// Holds what tungstenite's server handshake writes, so that [`Behavior::with_101`] frames go
