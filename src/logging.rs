@@ -6,12 +6,15 @@
 //! journal has its own), so `journalctl -p warning` filters correctly. A message
 //! spanning several lines gets the prefix on each line, since journald makes one
 //! entry per line. Elsewhere (a terminal, a file) the usual env_logger format is used.
+//!
+//! No level prints a secret: tungstenite's trace records are dropped whatever `RUST_LOG`
+//! says (see [`NoSecrets`]), and our own records never carry header values.
 
 use std::io::{self, Write as _};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
-use log::Level;
+use log::{Level, Log, Metadata, Record};
 
 /// Which line format to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +44,41 @@ pub fn init() {
             buf.write_all(line.as_bytes())
         });
     }
-    let _ = builder.try_init();
+    let logger = builder.build();
+    let max_level = logger.filter();
+    if log::set_boxed_logger(Box::new(NoSecrets(logger))).is_ok() {
+        log::set_max_level(max_level);
+    }
+}
+
+/// The logger with tungstenite's trace records taken out. At trace, tungstenite logs the
+/// whole handshake request, header values (`authorization: Bearer …`) included, and every
+/// frame. A filter directive cannot cap that reliably (`RUST_LOG=tungstenite::handshake=trace`
+/// is more specific than any cap we would add, and wins), so the records are dropped here,
+/// after the filter. Its debug records name no header and stay.
+struct NoSecrets(env_logger::Logger);
+
+impl Log for NoSecrets {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        may_log(metadata) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if may_log(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+/// Whether a record may be printed at all: not tungstenite's at trace level.
+fn may_log(metadata: &Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let tungstenite = target == "tungstenite" || target.starts_with("tungstenite::");
+    !(tungstenite && metadata.level() == Level::Trace)
 }
 
 /// Prints a final one-line message that is not a log record (e.g. `main`'s
@@ -139,6 +176,21 @@ mod tests {
         assert_eq!(journal_line(Level::Warn, "a\nb"), "<4>a\n<4>b\n");
         assert_eq!(journal_line(Level::Error, "a\n"), "<3>a\n");
         assert_eq!(journal_line(Level::Debug, ""), "<7>\n");
+    }
+
+    #[test]
+    fn tungstenite_trace_records_are_never_printed() {
+        let metadata = |target: &'static str, level: Level| {
+            Metadata::builder().target(target).level(level).build()
+        };
+        assert!(!may_log(&metadata(
+            "tungstenite::handshake::client",
+            Level::Trace
+        )));
+        assert!(!may_log(&metadata("tungstenite", Level::Trace)));
+        assert!(may_log(&metadata("tungstenite::protocol", Level::Debug)));
+        assert!(may_log(&metadata("wsbeat::supervisor", Level::Trace)));
+        assert!(may_log(&metadata("tungstenite_like", Level::Trace)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod util;
 mod backpressure;
 mod cli;
 mod data;
+mod hardening;
 mod heartbeat;
 mod hostile;
 mod reconnect;
