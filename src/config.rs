@@ -264,6 +264,19 @@ fn quote(value: &str) -> String {
     out
 }
 
+/// `url` with the userinfo of its authority (`user:password@`, or a token before `@`)
+/// replaced by `***`, found by text alone so that URLs that fail to parse are covered too.
+fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
 /// A flag name as the user wrote it, made safe for a one-line message.
 fn shown_flag(flag: &str) -> String {
     let quoted = quote(flag);
@@ -369,7 +382,8 @@ const WITHOUT_TLS: &str =
 /// first would leak into logs and never be sent, the second is forbidden by RFC 6455.
 pub fn parse_target(url: &str, flag: &str) -> Result<Target, UsageError> {
     let error = |message: String| UsageError::new(flag, message);
-    let shown = quote(url);
+    // Every message shows the URL without its userinfo: it is a password or a token.
+    let shown = quote(&without_userinfo(url));
     if url.contains('#') {
         return Err(error(format!(
             "{shown} has a #fragment, which a websocket URL cannot have"
@@ -1613,8 +1627,27 @@ mod tests {
         );
         assert_eq!(
             error("wss://user:pw@h/"),
-            "WSBEAT_URL: credentials in 'wss://user:pw@h/' are not supported (send them with --header or --header-file)"
+            "WSBEAT_URL: credentials in 'wss://***@h/' are not supported (send them with --header or --header-file)"
         );
+        // Never echoed, whatever else is wrong with the URL.
+        for url in [
+            "ws://user:pw@h/#top",
+            "ws://user:pw@h h/",
+            "http://user:pw@h/",
+            "ws://token@h:99999/",
+            "user:pw@h/ws",
+        ] {
+            let message = error(url);
+            assert!(
+                !message.contains("pw") && !message.contains("token"),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            without_userinfo("ws://a:b@c@h:1/p@q?x@y"),
+            "ws://***@h:1/p@q?x@y"
+        );
+        assert_eq!(without_userinfo("ws://h/p@q"), "ws://h/p@q");
         assert!(error("ws://h h/").starts_with("WSBEAT_URL: invalid URL 'ws://h h/'"));
         assert!(error("ws://[::1/").starts_with("WSBEAT_URL: invalid URL"));
         assert!(error("").starts_with("WSBEAT_URL: invalid URL ''"));

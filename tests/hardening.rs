@@ -1,4 +1,5 @@
-//! Local hardening of the real binary: no secret reaches the log at any level.
+//! Local hardening of the real binary: no secret reaches the log at any level (header values,
+//! a URL's userinfo).
 
 use std::path::Path;
 
@@ -59,6 +60,39 @@ fn no_log_level_prints_header_values() {
         if rust_log == "trace" {
             // The level did take effect: this is not a quiet log passing by accident.
             assert!(log.contains("DEBUG"), "RUST_LOG=trace: {log}");
+        }
+    }
+}
+
+/// `ws://user:password@host/` is refused (exit 64, naming the URL) and the message does not
+/// repeat the userinfo, whatever else is wrong with the URL.
+#[test]
+fn url_userinfo_is_rejected_without_echoing_it() {
+    let secrets = ["hunter2-pw", "tok-7c1a9e"];
+    for url in [
+        "ws://user:hunter2-pw@127.0.0.1:1/",
+        "wss://tok-7c1a9e@example.com/ws?x=1",
+        "ws://user:hunter2-pw@bad host/",
+        "http://user:hunter2-pw@example.com/",
+        "ws://user:hunter2-pw@example.com/#top",
+        "ws://user:hunter2-pw@example.com:99999/",
+    ] {
+        for (w, name) in [
+            (Wsbeat::new().arg(url), "url"),
+            (Wsbeat::new().env("WSBEAT_URL", url), "WSBEAT_URL"),
+        ] {
+            let out = w.run(WAIT());
+            assert_eq!(out.code, Some(64), "{url}\n{}", out.dump());
+            let lines = out.stderr_lines();
+            assert_eq!(lines.len(), 1, "{url}\n{}", out.dump());
+            assert!(lines[0].contains(name), "{url}\n{}", out.dump());
+            for secret in secrets {
+                assert!(
+                    !out.stderr.contains(secret),
+                    "{url}: the userinfo is echoed\n{}",
+                    out.dump()
+                );
+            }
         }
     }
 }
