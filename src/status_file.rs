@@ -5,14 +5,23 @@
 //! a value made only of letters, digits and `_ . / : @ % + , = -` is written bare,
 //! an empty value as `key=`, anything else single-quoted with `'` written as `'\''`.
 //! [`StatusFile::write`] writes a temporary file in the same folder and renames it
-//! over the target, so a reader sees the old or the new file, never a mix. How
-//! often to write (on state change, at most once per ping interval otherwise) is
-//! the supervisor's decision.
+//! over the target, so a reader sees the old or the new file, never a mix. The
+//! temporary file is created exclusively under an unpredictable name, because the
+//! folder may be shared (`/run`, `/tmp`) and the writer may be root: a symlink planted
+//! at a predictable name would be written through. How often to write (on state
+//! change, at most once per ping interval otherwise) is the supervisor's decision.
 
 use std::fmt::Write as _;
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::backoff::SplitMix64;
+
+/// Names tried for a temporary file before giving up; another is only needed when a name
+/// exists already, i.e. someone planted or guessed one.
+const TEMP_ATTEMPTS: usize = 16;
 
 /// The connection state named by `state=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +125,10 @@ fn one_line(text: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct StatusFile {
     path: PathBuf,
-    temp: PathBuf,
+    /// The folder of `path`, where temporary files go.
+    dir: PathBuf,
+    /// Start of every temporary file's name: `.<name>.<pid>.`.
+    temp_prefix: String,
 }
 
 impl StatusFile {
@@ -127,12 +139,13 @@ impl StatusFile {
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|| "status".to_owned());
-        let temp_name = format!(".{name}.{}.tmp", std::process::id());
-        let temp = match path.parent() {
-            Some(dir) => dir.join(temp_name),
-            None => PathBuf::from(temp_name),
-        };
-        StatusFile { path, temp }
+        let temp_prefix = format!(".{name}.{}.", std::process::id());
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        StatusFile {
+            path,
+            dir,
+            temp_prefix,
+        }
     }
 
     /// Where the file lives.
@@ -146,18 +159,41 @@ impl StatusFile {
     /// temporary file is removed and the old status file is left as it was;
     /// the caller should log the error and carry on.
     pub fn write(&self, status: &Status) -> io::Result<()> {
-        let result = self
-            .write_temp(status)
-            .and_then(|()| fs::rename(&self.temp, &self.path));
+        let (temp, mut file) = self.create_temp()?;
+        let result = file
+            .write_all(render(status).as_bytes())
+            .and_then(|()| fs::rename(&temp, &self.path));
         if result.is_err() {
-            let _ = fs::remove_file(&self.temp);
+            // Ours alone: created exclusively under a name nobody could guess.
+            let _ = fs::remove_file(&temp);
         }
         result
     }
 
-    fn write_temp(&self, status: &Status) -> io::Result<()> {
-        let mut file = fs::File::create(&self.temp)?;
-        file.write_all(render(status).as_bytes())
+    /// A new, empty temporary file next to the target and its path. `O_CREAT|O_EXCL`
+    /// never opens an existing file nor follows a symlink (`O_NOFOLLOW` says so once
+    /// more), and the random part of the name keeps anyone from planting one in our
+    /// way; a name that exists anyway is left alone and another one tried.
+    fn create_temp(&self) -> io::Result<(PathBuf, File)> {
+        let mut random = SplitMix64::from_os();
+        for _ in 0..TEMP_ATTEMPTS {
+            let name = format!("{}{:016x}.tmp", self.temp_prefix, random.next_u64());
+            let temp = self.dir.join(name);
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&temp)
+            {
+                Ok(file) => return Ok((temp, file)),
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("no free temporary file name after {TEMP_ATTEMPTS} tries"),
+        ))
     }
 }
 
@@ -328,6 +364,51 @@ mod tests {
             .map(|entry| entry.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("status")]);
+    }
+
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let dir = TempDir::new("status-symlink");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").expect("write victim");
+        // The name the client used to write through, and a dangling link beside it.
+        let old_name = dir
+            .path()
+            .join(format!(".status.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &old_name).expect("plant symlink");
+        let dangling = dir.path().join(".status.dangling.tmp");
+        std::os::unix::fs::symlink(dir.path().join("nothing"), &dangling).expect("plant");
+        let file = StatusFile::new(dir.path().join("status"));
+        file.write(&sample()).expect("first write");
+        file.write(&sample()).expect("second write");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
+        assert_eq!(fs::read_link(&old_name).expect("still a link"), victim);
+        assert!(!dir.path().join("nothing").exists());
+        let meta = fs::symlink_metadata(file.path()).expect("status file");
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(
+            fs::read_to_string(file.path()).expect("read"),
+            render(&sample())
+        );
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 4);
+    }
+
+    #[test]
+    fn temporary_names_are_unpredictable() {
+        let dir = TempDir::new("status-names");
+        let file = StatusFile::new(dir.path().join("status"));
+        let (a, _) = file.create_temp().expect("first");
+        let (b, _) = file.create_temp().expect("second");
+        assert_ne!(a, b);
+        let prefix = format!(".status.{}.", std::process::id());
+        for p in [&a, &b] {
+            let name = p.file_name().expect("name").to_string_lossy().into_owned();
+            assert!(
+                name.starts_with(&prefix) && name.ends_with(".tmp"),
+                "{name}"
+            );
+            assert_eq!(name.len(), prefix.len() + 16 + 4, "{name}");
+        }
     }
 
     #[test]

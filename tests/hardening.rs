@@ -1,10 +1,11 @@
 //! Local hardening of the real binary: no secret reaches the log at any level (header values,
-//! a URL's userinfo).
+//! a URL's userinfo), and the status file's temporary file follows no planted symlink.
 
+use std::fs;
 use std::path::Path;
 
 use crate::util::server::{Behavior, Server};
-use crate::util::{TempDir, WAIT, Wsbeat};
+use crate::util::{TempDir, WAIT, Wsbeat, poll_until, refused_url};
 
 // ---------------------------------------------------------------------------------------------
 // Secrets in logs
@@ -95,4 +96,72 @@ fn url_userinfo_is_rejected_without_echoing_it() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status file
+// ---------------------------------------------------------------------------------------------
+
+/// A symlink planted in the status file's folder at the temporary name the client used to
+/// write through (`.status.<pid>.tmp`) is neither followed nor moved: its target is untouched
+/// and the status file is still written.
+#[test]
+fn status_file_temp_follows_no_planted_symlink() {
+    let dir = TempDir::new();
+    let victim = dir.write("victim", "precious\n");
+    // The folder does not exist yet: the client's first writes fail (logged), and the link is
+    // planted once the client's pid, part of the old name, is known.
+    let run = dir.join("run");
+    let status = run.join("status");
+    let mut c = Wsbeat::new()
+        .fast()
+        .arg("--status-file")
+        .arg(&status)
+        .arg(refused_url())
+        .spawn();
+    let planted = run.join(format!(".status.{}.tmp", c.pid()));
+    fs::create_dir(&run).expect("create the status folder");
+    std::os::unix::fs::symlink(&victim, &planted).expect("plant the symlink");
+
+    // Attempts fail and back off every 50-200 ms, each a state change and a write: wait for
+    // a status file, then for a later write replacing it.
+    let regular = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file());
+    let first = poll_until(WAIT(), || {
+        regular(&status)
+            .then(|| fs::read_to_string(&status).ok())
+            .flatten()
+    });
+    let first = first.unwrap_or_else(|| panic!("no status file\n{}", c.output().dump()));
+    let rewritten = poll_until(WAIT(), || {
+        let now = fs::read_to_string(&status).ok()?;
+        (regular(&status) && now != first).then_some(())
+    });
+    assert!(rewritten.is_some(), "not rewritten\n{}", c.output().dump());
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_exit(WAIT()), Some(0), "{}", c.output().dump());
+
+    assert_eq!(
+        fs::read_to_string(&victim).expect("read the victim"),
+        "precious\n",
+        "the status was written through the planted symlink"
+    );
+    assert_eq!(
+        fs::read_link(&planted).ok().as_deref(),
+        Some(victim.as_path()),
+        "the planted symlink was moved"
+    );
+    let text = fs::read_to_string(&status).expect("read the status file");
+    assert!(text.starts_with("state=stopped\n"), "{text}");
+    // Only the status file and the planted link: no temporary file left behind.
+    let mut names: Vec<String> = fs::read_dir(&run)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut expected = vec![
+        "status".to_string(),
+        planted.file_name().unwrap().to_string_lossy().into_owned(),
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
 }
