@@ -18,11 +18,18 @@
 //! after `install` but before `spawn` wait in the pipe and are delivered once
 //! the thread runs.
 //!
+//! # Ignored signals
+//!
+//! SIGUSR1 and SIGUSR2 mean nothing to the client, but their default action ends
+//! the process without a Close; log rotators and careless scripts send them. They
+//! are set to `SIG_IGN` (not to a handler: an ignored signal interrupts no system
+//! call, so no `EINTR` surfaces anywhere for a signal we do nothing with).
+//!
 //! # Limitations
 //!
 //! One listener per process: a second `install` takes the handlers over for the
-//! new pipe. After [`SignalThread::stop`] the three signals get their default
-//! action back (a later SIGTERM ends the process at once).
+//! new pipe. After [`SignalThread::stop`] the handled and the ignored signals get
+//! their default action back (a later SIGTERM ends the process at once).
 //!
 //! This and `stdin` are the only modules allowed `unsafe`; every block says why
 //! it is sound.
@@ -54,6 +61,9 @@ impl Signal {
 
 /// The signals we install handlers for.
 const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// The signals we ignore (see the module docs).
+const IGNORED: [libc::c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
 
 /// Write end of the current self-pipe, or -1. Read by the handler, so it must
 /// be an atomic (lock-free, async-signal-safe).
@@ -171,7 +181,7 @@ struct Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        for signo in HANDLED {
+        for signo in HANDLED.into_iter().chain(IGNORED) {
             if let Err(err) = set_handler(signo, libc::SIG_DFL) {
                 log::debug!("signals: restoring default for {signo}: {err}");
             }
@@ -187,8 +197,8 @@ impl Drop for Installed {
 }
 
 impl SignalListener {
-    /// Installs handlers for SIGTERM, SIGINT and SIGHUP. Call before spawning
-    /// any thread. Fails only if the pipe or `sigaction` fails (then exit: the
+    /// Installs handlers for SIGTERM, SIGINT and SIGHUP, and ignores SIGUSR1 and
+    /// SIGUSR2. Call before spawning any thread. Fails only if the pipe or `sigaction` fails (then exit: the
     /// service could not be stopped cleanly).
     pub fn install() -> io::Result<SignalListener> {
         let (read, write) = pipe(true)?;
@@ -198,6 +208,9 @@ impl SignalListener {
         let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
         for signo in HANDLED {
             set_handler(signo, handler)?;
+        }
+        for signo in IGNORED {
+            set_handler(signo, libc::SIG_IGN)?;
         }
         Ok(SignalListener { read, installed })
     }
@@ -302,6 +315,11 @@ mod tests {
                 .expect("signal within 5 s")
         };
         assert_eq!(wait(), Signal::Reload);
+        // Ignored: the process lives on and the callback hears nothing of them.
+        // SAFETY: raising signals that `install` has just set to SIG_IGN.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
         // SAFETY: as above.
         assert_eq!(unsafe { libc::raise(libc::SIGINT) }, 0);
         assert_eq!(wait(), Signal::Terminate);

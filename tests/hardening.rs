@@ -1,11 +1,12 @@
 //! Local hardening of the real binary: no secret reaches the log at any level (header values,
-//! a URL's userinfo), and the status file's temporary file follows no planted symlink.
+//! a URL's userinfo), the status file's temporary file follows no planted symlink, and stray
+//! signals (SIGUSR1/SIGUSR2) do not kill the client.
 
 use std::fs;
 use std::path::Path;
 
-use crate::util::server::{Behavior, Server};
-use crate::util::{TempDir, WAIT, Wsbeat, poll_until, refused_url};
+use crate::util::server::{Behavior, Kind, Server};
+use crate::util::{TempDir, WAIT, Wsbeat, ms, poll_until, refused_url, scaled};
 
 // ---------------------------------------------------------------------------------------------
 // Secrets in logs
@@ -164,4 +165,45 @@ fn status_file_temp_follows_no_planted_symlink() {
     ];
     expected.sort();
     assert_eq!(names, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stray signals
+// ---------------------------------------------------------------------------------------------
+
+/// SIGUSR1 and SIGUSR2 (sent by careless scripts and log rotators) leave the connection as it
+/// was; SIGTERM still closes it with 1001.
+#[test]
+fn sigusr1_and_sigusr2_are_ignored() {
+    let server = Server::start(Behavior::default());
+    let mut c = Wsbeat::new().fast().arg(server.url()).spawn();
+    server.expect(WAIT(), "a heartbeat", |e| e.is_ping());
+    c.signal(libc::SIGUSR1);
+    c.signal(libc::SIGUSR2);
+    assert_eq!(
+        c.wait_exit(scaled(ms(500))),
+        None,
+        "a stray signal ended the client\n{}",
+        c.output().dump()
+    );
+    let pings = server.count(|e| e.conn == 0 && e.is_ping());
+    server.expect_count(WAIT(), pings + 2, "heartbeats after the signals", |e| {
+        e.conn == 0 && e.is_ping()
+    });
+    assert_eq!(server.upgrades(), 1, "{}", server.dump());
+    c.signal(libc::SIGTERM);
+    let close = server.expect(WAIT(), "the Close", |e| {
+        matches!(e.kind, Kind::Close { .. })
+    });
+    assert!(
+        matches!(
+            close.kind,
+            Kind::Close {
+                code: Some(1001),
+                ..
+            }
+        ),
+        "{close:?}"
+    );
+    assert_eq!(c.wait_exit(WAIT()), Some(0), "{}", c.output().dump());
 }
