@@ -35,7 +35,11 @@
 #                      automatic fallback when no libssl-dev:<arch> matching the host's
 #                      libssl3 version can be installed
 #   LOCKED=0           do not pass --locked to cargo (default: --locked, as CI does)
-#   TEST_TIMEOUT       seconds for one target's test run (default 900)
+#   TEST_TIMEOUT       seconds for one target's test run (default 900); the outer net: a
+#                      single stuck integration test ends its test binary long before, naming
+#                      itself (tests/util/watchdog.rs, budget WSBEAT_TEST_BUDGET_SECS, default
+#                      60 s x the emulation factor 5), and a spawn whose fork never reaches
+#                      exec (a qemu-user hazard) fails its test at once
 #   BUILD_TIMEOUT      seconds for one cargo build (default 1200)
 #   TEST_ARGS          extra arguments for the test binaries (after --)
 #   RUST_WEB_VERSION   pin Debian's rustc-web version (default: newest that exists for
@@ -321,12 +325,17 @@ log "cargo: $CARGO ($("$CARGO" -V)); rustc: $($RUSTC -V)"
 cd "$ROOT"
 TD=${CARGO_TARGET_DIR:-$ROOT/target}
 
-# Runs cargo with a time limit and explains MSRV failures.
+# Runs cargo with a time limit and explains MSRV failures. Interactively, --foreground lets
+# Ctrl-C reach cargo; otherwise (CI) timeout runs cargo in its own process group and on expiry
+# kills the whole group, so no test binary or wsbeat child under qemu outlives the step holding
+# the log pipes open.
 run_cargo() {
   local what=$1 limit=$2; shift 2
   local log_file; log_file=$(mktemp)
   local rc=0
-  timeout --foreground -k 10 "$limit" "$CARGO" "$@" 2> >(tee "$log_file" >&2) || rc=$?
+  local fg=()
+  if [ -t 0 ]; then fg=(--foreground); fi
+  timeout "${fg[@]}" -k 10 "$limit" "$CARGO" "$@" 2> >(tee "$log_file" >&2) || rc=$?
   if [ $rc = 124 ]; then log "$what: timed out after ${limit}s"; fi
   if [ $rc != 0 ] && grep -qE 'requires rustc [0-9.]+|is not supported by the following package|rustc [0-9.]+ is not supported' "$log_file"; then
     log "$what: a dependency needs a newer Rust than Debian's $($RUSTC -V) (the crate's MSRV)."

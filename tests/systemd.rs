@@ -8,7 +8,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -18,6 +18,7 @@ use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Kind, Server};
 use crate::util::{
     StdinFlood, TempDir, WAIT, Wsbeat, clean_command, ms, poll_until, refused_url, scaled,
+    send_signal, spawn_checked,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -177,33 +178,48 @@ const STATUS_KEYS: [&str; 7] = [
     "last_error",
 ];
 
-/// The status file as a shell sees it after `. FILE`.
+/// The status file as a shell sees it after `. FILE`, without running one. Each line must be
+/// `key=value` with the value made of bare characters a shell takes literally (letters,
+/// digits, `_ . / : @ % + , = -`), single-quoted runs, and `\'` between them (the `'\''`
+/// idiom): the forms the contract allows, read as `sh` reads them; anything else fails the
+/// test. No shell is spawned: under qemu-user a fork of this multi-threaded test binary can
+/// deadlock before exec. The unit tests in `src/status_file.rs` source the same rendering in a
+/// real `sh` on the host.
 fn sourced_status(path: &Path) -> HashMap<String, String> {
-    let script = format!(
-        ". \"$1\" && printf '%s\\0' {}",
-        STATUS_KEYS.map(|k| format!("\"${k}\"")).join(" ")
-    );
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("sh")
-        .arg(path)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "sourcing {} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let values: Vec<&str> = text.split_terminator('\0').collect();
-    assert_eq!(values.len(), STATUS_KEYS.len(), "{values:?}");
-    STATUS_KEYS
-        .iter()
-        .zip(values)
-        .map(|(k, v)| (k.to_string(), v.to_owned()))
-        .collect()
+    let text = std::fs::read_to_string(path).expect("read the status file");
+    let mut values = HashMap::new();
+    for line in text.lines() {
+        let (key, raw) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not key=value: {line:?}\n{text}"));
+        let value = shell_word(raw).unwrap_or_else(|| panic!("not a shell word: {line:?}"));
+        values.insert(key.to_string(), value);
+    }
+    for key in STATUS_KEYS {
+        assert!(values.contains_key(key), "no {key}= in\n{text}");
+    }
+    values
+}
+
+/// What `sh` makes of `raw` as the right side of an assignment, if it is in the allowed form.
+fn shell_word(raw: &str) -> Option<String> {
+    let bare = |c: char| c.is_ascii_alphanumeric() || "_./:@%+,=-".contains(c);
+    let mut out = String::new();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => loop {
+                match chars.next()? {
+                    '\'' => break,
+                    c => out.push(c),
+                }
+            },
+            '\\' if chars.next()? == '\'' => out.push('\''),
+            c if bare(c) => out.push(c),
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// `device:inode` of `file`, as systemd puts it in `JOURNAL_STREAM`.
@@ -230,12 +246,9 @@ fn run_with_stderr_file(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log.try_clone().expect("dup log file"));
-    let mut child = cmd.spawn().expect("spawn wsbeat");
+    let mut child = spawn_checked(&mut cmd);
     if until() && child.try_wait().ok().flatten().is_none() {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        send_signal(child.id(), libc::SIGTERM);
     }
     let deadline = Instant::now() + WAIT();
     loop {

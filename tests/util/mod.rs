@@ -13,10 +13,17 @@
 //!   drop; command, stdout and stderr are printed if the test panics).
 //! - [`scaled`] / [`WAIT`]: time bounds stretched by `WSBEAT_TEST_TIME_SCALE` (emulation).
 //! - [`free_port`]: a port nobody listens on (connection refused).
+//! - [`spawn_checked`]: spawn and make sure the child reached exec; [`watchdog`]: a per-test
+//!   budget for the whole binary.
+//!
+//! Nothing here forks except to start `wsbeat` itself: under qemu-user a fork of this
+//! multi-threaded binary can deadlock before exec, so signals go out with `kill(2)`, not by
+//! running `kill`.
 
 pub mod proxy;
 pub mod server;
 pub mod tls;
+pub mod watchdog;
 
 #[cfg(test)]
 mod selftest;
@@ -92,6 +99,7 @@ impl TempDir {
         );
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&path).expect("create temp dir");
+        watchdog::watch();
         TempDir(path)
     }
 
@@ -146,6 +154,7 @@ fn scrubbed(name: &str) -> bool {
 /// The real `wsbeat` binary behind the [`runner_prefix`] if any, with the scrubbed
 /// environment described above and no arguments yet.
 pub fn clean_command() -> Command {
+    watchdog::watch();
     let prefix = runner_prefix();
     let bin = env!("CARGO_BIN_EXE_wsbeat");
     let mut cmd = match prefix.split_first() {
@@ -162,6 +171,45 @@ pub fn clean_command() -> Command {
         }
     }
     cmd
+}
+
+/// Spawns `cmd` and waits, bounded, until the child has reached exec: `/proc/<pid>/cmdline`
+/// is the command's own argv (or empty: it has already exited). Under qemu-user a fork of this
+/// multi-threaded binary can deadlock before exec; the test would then wait for a `wsbeat`
+/// that never starts, and fail much later as if wsbeat were at fault. Instead the stuck child
+/// is killed and the test fails at once, saying so. Natively `spawn` returns after the exec
+/// (posix_spawn's vfork), so this costs one read of `/proc`.
+pub fn spawn_checked(cmd: &mut Command) -> Child {
+    let mut expected = Vec::new();
+    for part in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
+        expected.extend_from_slice(part.as_encoded_bytes());
+        expected.push(0);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    if !reached_exec(child.id(), &expected, WAIT()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the child for {:?} did not reach exec within {:?}: a fork of this multi-threaded \
+             test binary is stuck before exec (a known qemu-user hazard); killed it",
+            cmd.get_program(),
+            WAIT()
+        );
+    }
+    child
+}
+
+/// Whether process `pid` shows `argv` (each part NUL-terminated, as in `/proc/<pid>/cmdline`)
+/// within `bound`, or has exited (an empty cmdline, or none).
+pub fn reached_exec(pid: u32, argv: &[u8], bound: Duration) -> bool {
+    let cmdline = format!("/proc/{pid}/cmdline");
+    poll_until(bound, || {
+        let now = std::fs::read(&cmdline).unwrap_or_default();
+        (now.is_empty() || now == argv).then_some(())
+    })
+    .is_some()
 }
 
 /// Builder for one run of the real `wsbeat` binary (`env!("CARGO_BIN_EXE_wsbeat")`, behind
@@ -184,6 +232,7 @@ impl Default for Wsbeat {
 impl Wsbeat {
     /// No arguments yet.
     pub fn new() -> Wsbeat {
+        watchdog::watch();
         Wsbeat {
             args: Vec::new(),
             envs: vec![("RUST_LOG".into(), "debug".into())],
@@ -297,9 +346,7 @@ impl Wsbeat {
             Stdio::piped()
         })
         .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.describe()));
+        let mut child = spawn_checked(&mut cmd);
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take().expect("piped stderr");
@@ -528,14 +575,10 @@ impl Running {
         self.try_status().is_none()
     }
 
-    /// Sends `sig` (e.g. `libc::SIGTERM`) to the child.
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the child, with `kill(2)`: no fork (see the
+    /// module docs).
     pub fn signal(&self, sig: i32) {
-        let r = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(r.success(), "kill -{sig} {} failed", self.pid());
+        send_signal(self.pid(), sig);
     }
 
     /// Number of open file descriptors of the child (`/proc/<pid>/fd`).
@@ -580,6 +623,21 @@ impl Running {
             }
         }
     }
+}
+
+/// Sends `sig` to process `pid` with `kill(2)`; panics if that fails (the process is not ours
+/// or is gone, reaped already).
+pub fn send_signal(pid: u32, sig: i32) {
+    let target = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; `target` is a child of this process
+    // that has not been reaped yet (a `Child` we hold), so the pid cannot have been reused.
+    let r = unsafe { libc::kill(target, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn code_of(s: ExitStatus) -> i32 {

@@ -1,8 +1,9 @@
 //! Self-tests of the helpers with a plain tungstenite client, so the server, proxy and PKI are
 //! known good independently of `wsbeat`.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslMethod, SslStream};
@@ -12,9 +13,9 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use super::proxy::{Mode, Proxy};
-use super::server::{Behavior, Kind, Pongs, Server};
+use super::server::{Behavior, FIN, Kind, Msg, OP_PING, OP_TEXT, Pongs, Server, encode, frame};
 use super::tls::Pki;
-use super::{TempDir, WAIT, ms};
+use super::{TempDir, WAIT, ms, poll_until, reached_exec, runner_prefix, send_signal};
 
 type Ws = WebSocket<TcpStream>;
 
@@ -338,4 +339,145 @@ fn temp_dir_is_removed_on_drop() {
     let dir = d.path().to_path_buf();
     drop(d);
     assert!(!dir.exists());
+}
+
+/// A hand-written upgrade request, so the test sees the server's bytes as they arrive.
+const UPGRADE: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[test]
+fn with_101_frames_arrive_in_the_same_read_as_the_response() {
+    let welcome = encode(OP_TEXT, b"welcome");
+    let ping = encode(OP_PING, b"srv-hello");
+    let server = Server::start(Behavior::default().with_101(&welcome).with_101(&ping));
+    let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+    tcp.set_read_timeout(Some(WAIT())).unwrap();
+    tcp.write_all(UPGRADE).expect("request");
+    server.expect_upgrades(WAIT(), 1);
+    // Everything was written at once; give loopback a moment, then one read must hold it all.
+    std::thread::sleep(ms(100));
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).expect("read");
+    let got = &buf[..n];
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(got)
+    );
+    let mut frames = welcome.clone();
+    frames.extend_from_slice(&ping);
+    assert!(got.ends_with(&frames), "{:?}", String::from_utf8_lossy(got));
+}
+
+#[test]
+fn raw_frames_response_headers_and_trickle() {
+    let bad = frame(FIN | 0x40 | OP_TEXT, Some([9, 8, 7, 6]), b"hi");
+    assert_eq!(bad, [0xC1, 0x82, 9, 8, 7, 6, b'h' ^ 9, b'i' ^ 8]);
+    assert_eq!(
+        frame(FIN | OP_PING, None, &[0; 126])[..4],
+        [0x89, 126, 0, 126]
+    );
+    let server = Server::start(
+        Behavior::default()
+            .response_header("Sec-WebSocket-Extensions", "permessage-deflate")
+            .send_msg(Msg::Raw(bad.clone())),
+    );
+    let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+    tcp.set_read_timeout(Some(WAIT())).unwrap();
+    tcp.write_all(UPGRADE).expect("request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(&bad) {
+        let n = tcp.read(&mut buf).expect("read");
+        assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        text.contains("sec-websocket-extensions: permessage-deflate\r\n"),
+        "{text}"
+    );
+
+    let slow = Server::start(Behavior::trickle());
+    let mut tcp = TcpStream::connect(slow.addr()).expect("connect");
+    tcp.set_read_timeout(Some(WAIT())).unwrap();
+    tcp.write_all(UPGRADE).expect("request");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 47 {
+        let n = tcp.read(&mut buf).expect("read");
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101 Switching Protocols\r\nX-Slow: a"));
+    assert!(!got.windows(4).any(|w| w == b"\r\n\r\n"));
+    // Five bytes of the endless header, one per 100 ms.
+    let took = started.elapsed();
+    assert!(took >= ms(350), "too fast: {took:?}");
+}
+
+#[test]
+fn reached_exec_tells_the_argv_of_a_child() {
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let cmdline = format!("/proc/{}/cmdline", child.id());
+    // Strictly (an exec still under way shows an empty cmdline, which `reached_exec` accepts).
+    let shown = poll_until(WAIT(), || {
+        (std::fs::read(&cmdline).ok()? == b"sleep\x0030\x00").then_some(())
+    });
+    assert!(shown.is_some());
+    assert!(reached_exec(child.id(), b"sleep\x0030\x00", WAIT()));
+    // What a fork stuck before exec looks like: the argv never becomes the expected one.
+    assert!(!reached_exec(child.id(), b"wsbeat\x00", ms(100)));
+    send_signal(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+    // Exited: nothing left to wait for.
+    assert!(reached_exec(child.id(), b"wsbeat\x00", ms(100)));
+}
+
+/// An ignored test that overruns its budget: run only by the test below, as a child.
+#[test]
+#[ignore = "run by watchdog_ends_an_overrunning_test_with_its_name"]
+fn watchdog_target_sleeps_past_its_budget() {
+    let _dir = TempDir::new();
+    let mut sleeper = Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("spawn sleep");
+    std::thread::sleep(Duration::from_secs(60));
+    // Not reached: the watchdog ends the process first.
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+/// The watchdog ends the whole test binary (exit 101), naming the test and killing its
+/// children. It runs this test binary again as a child, so not under emulation.
+#[test]
+fn watchdog_ends_an_overrunning_test_with_its_name() {
+    if !runner_prefix().is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let out = Command::new(std::env::current_exe().expect("current exe"))
+        .args(["--ignored", "--exact", "--nocapture"])
+        .arg("util::selftest::watchdog_target_sleeps_past_its_budget")
+        .env("WSBEAT_TEST_BUDGET_SECS", "1")
+        .output()
+        .expect("run the test binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert!(
+        stderr.contains("`util::selftest::watchdog_target_sleeps_past_its_budget` has run for"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Killed 1 child"), "{stderr}");
+    // `output()` returned, so no child kept the pipes open: the sleeper was killed.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -670,6 +670,7 @@ impl Server {
     }
 
     fn launch(script: Script, tls: Option<SslAcceptor>) -> Server {
+        super::watchdog::watch();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
