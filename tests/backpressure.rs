@@ -30,9 +30,10 @@ fn a_stdin_burst_while_connected_is_delivered_whole() {
     let server = Server::start(Behavior::default());
     let dir = TempDir::new();
     let status_path = dir.join("status");
+    // A pong timeout that a loaded machine cannot miss: this test is about the data.
     let mut c = Wsbeat::new()
         .arg(server.url())
-        .fast()
+        .fast_with(&[("--pong-timeout", "5s")])
         .arg("--status-file")
         .arg(&status_path)
         .spawn();
