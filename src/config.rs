@@ -9,6 +9,7 @@ use tungstenite::http::Uri;
 
 use crate::error::UsageError;
 use crate::headers::{TOKEN_PUNCTUATION, is_token_char};
+use crate::proxy::Proxy;
 
 /// How a heartbeat is sent and recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,8 @@ pub struct Config {
     pub status_file: Option<PathBuf>,
     /// Probe mode: one heartbeat, print its RTT, exit.
     pub once: bool,
+    /// HTTP CONNECT proxy for this target (`--proxy` or the proxy variables), if any.
+    pub proxy: Option<Proxy>,
 }
 
 impl Config {
@@ -111,6 +114,7 @@ impl Config {
             queue_bytes: 1 << 20,
             status_file: None,
             once: false,
+            proxy: None,
         }
     }
 }
@@ -164,6 +168,11 @@ Connection:
                                   re-read on every reconnect and on SIGHUP
       --subprotocol NAME          Sec-WebSocket-Protocol to request, repeatable
                                   (WSBEAT_SUBPROTOCOL: comma-separated list)
+      --proxy URL|none            HTTP CONNECT proxy,
+                                  http://[user:password@]host[:port]; none
+                                  ignores the variables [https_proxy (wss://)
+                                  or http_proxy (ws://), then all_proxy;
+                                  hosts in no_proxy go direct]
 
 TLS:
       --ca-file PATH        extra PEM root certificate(s) [system roots]
@@ -229,6 +238,7 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("header", Kind::Value),
     ("header-file", Kind::Value),
     ("subprotocol", Kind::Value),
+    ("proxy", Kind::Value),
     ("ca-file", Kind::Value),
     ("client-cert", Kind::Value),
     ("client-key", Kind::Value),
@@ -805,7 +815,10 @@ where
         },
     };
 
+    let proxy = crate::proxy::select(sources.value("proxy"), &target, sources.env)?;
+
     let mut config = Config::new(target);
+    config.proxy = proxy;
     let defaults = config.clone();
     if let Some((_, value)) = &ping_interval {
         config.ping_interval = *value;
@@ -1726,5 +1739,39 @@ mod tests {
         assert_eq!(quote("é"), "'é'");
         assert_eq!(shown_flag("--ok"), "--ok");
         assert_eq!(shown_flag("--a\tb"), "'--a\\tb'");
+    }
+
+    #[test]
+    fn proxy_from_flag_environment_and_proxy_variables() {
+        let proxy = |config: Config| config.proxy.map(|p| p.to_string());
+        assert_eq!(proxy(run(&[URL])), None);
+        assert_eq!(
+            proxy(run(&["--proxy", "http://u:p@proxy:3128", URL])),
+            Some("http://proxy:3128".into())
+        );
+        let env = [
+            ("WSBEAT_PROXY", "http://wsbeat:1"),
+            ("http_proxy", "http://lower:1"),
+        ];
+        assert_eq!(
+            proxy(run_with(&[URL], &env).unwrap()),
+            Some("http://wsbeat:1".into())
+        );
+        assert_eq!(proxy(run_with(&["--proxy=none", URL], &env).unwrap()), None);
+        assert_eq!(
+            proxy(run_with(&[URL], &env[1..]).unwrap()),
+            Some("http://lower:1".into())
+        );
+        let direct = [env[1], ("no_proxy", "127.0.0.1")];
+        assert_eq!(proxy(run_with(&[URL], &direct).unwrap()), None);
+        assert!(
+            err(&["--proxy", "socks5://p:1080", URL])
+                .starts_with("--proxy: unsupported proxy scheme")
+        );
+        assert!(
+            err_with(&[URL], &[("ALL_PROXY", "https://p")]).starts_with("ALL_PROXY: unsupported")
+        );
+        assert!(err(&["--proxy=", URL]).starts_with("--proxy: empty proxy URL"));
+        assert_eq!(err(&["--proxy"]), "--proxy: missing value");
     }
 }

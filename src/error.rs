@@ -94,6 +94,8 @@ pub enum Stage {
     Resolve,
     /// TCP three-way handshake.
     Tcp,
+    /// HTTP CONNECT exchange with a proxy.
+    Proxy,
     /// TLS handshake.
     Tls,
     /// HTTP upgrade request and response.
@@ -105,6 +107,7 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::Resolve => "resolve",
             Stage::Tcp => "tcp connect",
+            Stage::Proxy => "proxy CONNECT",
             Stage::Tls => "tls handshake",
             Stage::Upgrade => "websocket upgrade",
         })
@@ -131,6 +134,15 @@ pub enum ConnectError {
     Timeout(Stage),
     /// Any other WebSocket handshake failure.
     Handshake(String),
+    /// The HTTP proxy did not open the tunnel.
+    Proxy {
+        /// `http://host:port`, never the credentials.
+        proxy: String,
+        /// The proxy's answer to `CONNECT`, when it gave one (not 2xx).
+        status: Option<u16>,
+        /// The proxy's status line, or what went wrong.
+        detail: String,
+    },
 }
 
 impl fmt::Display for ConnectError {
@@ -150,6 +162,12 @@ impl fmt::Display for ConnectError {
             ConnectError::Rejected { status, .. } => write!(f, "handshake rejected: HTTP {status}"),
             ConnectError::Timeout(stage) => write!(f, "connect timeout during {stage}"),
             ConnectError::Handshake(msg) => write!(f, "handshake: {msg}"),
+            ConnectError::Proxy {
+                proxy,
+                status: Some(_),
+                detail,
+            } => write!(f, "proxy {proxy} refused CONNECT: {detail}"),
+            ConnectError::Proxy { proxy, detail, .. } => write!(f, "proxy {proxy}: {detail}"),
         }
     }
 }

@@ -9,11 +9,13 @@
 //! # In scope
 //! One client connection, `ws://` and `wss://` (native-tls), control or text
 //! heartbeats, stdin lines out and server text messages in, systemd
-//! notification, a status file. Plain std threads; no async runtime.
+//! notification, a status file, Happy Eyeballs on dual-stack hosts, HTTP CONNECT
+//! proxies. Plain std threads; no async runtime.
 //!
 //! # Out of scope
 //! Servers, multiplexing, message acknowledgement (a line written to a socket
-//! that dies before the server reads it is lost), proxies, compression.
+//! that dies before the server reads it is lost), proxies other than HTTP CONNECT
+//! (SOCKS), compression.
 //!
 //! # Anatomy
 //! ```text
@@ -71,6 +73,8 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod delivery;
+#[allow(unsafe_code)]
+pub mod dial;
 pub mod error;
 pub mod events;
 pub mod headers;
@@ -78,6 +82,7 @@ pub mod logging;
 pub mod machine;
 pub mod metrics;
 pub mod outbox;
+pub mod proxy;
 pub mod sd_notify;
 #[allow(unsafe_code)]
 pub mod signals;

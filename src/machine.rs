@@ -542,6 +542,10 @@ impl Machine {
         let failure = match &error {
             ConnectError::Rejected {
                 status: 401 | 403, ..
+            }
+            | ConnectError::Proxy {
+                status: Some(401 | 403 | 407),
+                ..
             } => {
                 log::error!("{}: {error}; check the credentials", self.url);
                 Failure::Unauthorized
@@ -953,6 +957,35 @@ mod tests {
             },
         });
         assert_eq!(run.next().0, secs(30));
+    }
+
+    #[test]
+    fn a_proxy_refusing_credentials_waits_like_401() {
+        struct Smallest;
+        impl Random for Smallest {
+            fn below(&mut self, _: Duration) -> Duration {
+                Duration::ZERO
+            }
+        }
+        for (status, unauthorized) in [(407, true), (401, true), (403, true), (502, false)] {
+            let mut run = Run::new(settings());
+            run.machine.set_random(Box::new(Smallest));
+            let conn = Run::dialed(&run.start());
+            run.input(Input::ConnectFailed {
+                conn,
+                error: ConnectError::Proxy {
+                    proxy: "http://proxy:3128".into(),
+                    status: Some(status),
+                    detail: format!("HTTP/1.1 {status} No"),
+                },
+            });
+            let expected = if unauthorized {
+                secs(30)
+            } else {
+                Duration::ZERO
+            };
+            assert_eq!(run.next().0, expected, "proxy answered {status}");
+        }
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub fn reason_of(error: &ConnectError) -> FailureReason {
         ConnectError::Tls(_) => FailureReason::Tls,
         ConnectError::Rejected { .. } | ConnectError::Handshake(_) => FailureReason::Http,
         ConnectError::Timeout(_) => FailureReason::Timeout,
+        ConnectError::Proxy { .. } => FailureReason::Proxy,
     }
 }
 

@@ -373,6 +373,7 @@ impl Supervisor {
         let target = self.config.target.clone();
         let subprotocols = self.config.subprotocols.clone();
         let connector = self.connector.clone();
+        let proxy = self.config.proxy.clone();
         let ws_config = ws_config(&self.config);
         let write_timeout = self.config.pong_timeout.max(Duration::from_secs(1));
         // From now, not from when the machine decided: building the first TLS connector
@@ -393,6 +394,7 @@ impl Supervisor {
                     tls: connector.as_ref(),
                     ws_config,
                     write_timeout,
+                    proxy: proxy.as_ref(),
                 };
                 let result = transport::connect(&dial, deadline, &abort_handle).map(Box::new);
                 let _ = events.send(Event::Connected { conn, result });

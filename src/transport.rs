@@ -1,4 +1,5 @@
-//! Opening a connection: resolve, TCP, TLS, WebSocket upgrade, all under one
+//! Opening a connection: resolve, TCP (Happy Eyeballs, [`crate::dial`]), the HTTP
+//! proxy's tunnel if any ([`crate::proxy`]), TLS, WebSocket upgrade, all under one
 //! deadline (`--connect-timeout`), and classifying why an attempt failed.
 //!
 //! tungstenite's own `connect`/`client_tls*` have no overall timeout and panic when
@@ -10,7 +11,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[cfg(feature = "tls")]
@@ -22,7 +23,9 @@ use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Target;
+use crate::dial::{self, Wake};
 use crate::error::{ConnectError, Stage};
+use crate::proxy::{self, Proxy};
 use crate::tls::Connector;
 
 /// The TCP socket under the WebSocket (and under TLS). It stays blocking; while the
@@ -176,19 +179,23 @@ pub struct Dial<'a> {
     pub ws_config: WebSocketConfig,
     /// Bound on each later write (heartbeat, data, close).
     pub write_timeout: Duration,
+    /// HTTP CONNECT proxy to tunnel through, if any.
+    pub proxy: Option<&'a Proxy>,
 }
 
 /// Lets the supervisor cut short an attempt it no longer wants (stop, reload, past its
 /// deadline): once the TCP socket exists, shutting it down fails the TLS handshake or
 /// upgrade at once, so the attempt's thread ends and is joined instead of running on to
-/// its deadline. DNS and the TCP connect itself cannot be cut short; they end by the
-/// deadline. It also tells which stage the attempt is in, so a supervisor that gives up
-/// on it can say what ran out of time.
+/// its deadline. TCP connects in flight end at once too (the armed [`Wake`]); DNS cannot
+/// be cut short and ends by the deadline. It also tells which stage the attempt is in, so
+/// a supervisor that gives up on it can say what ran out of time.
 #[derive(Default)]
 pub struct Abort(Mutex<AbortState>);
 
 #[derive(Default)]
 struct AbortState {
+    /// Signalled by [`Abort::abort`]: ends a wait on TCP connects in flight (Happy Eyeballs).
+    wake: Option<Arc<Wake>>,
     aborted: bool,
     /// A second handle on the attempt's socket, for [`Abort::abort`].
     socket: Option<TcpStream>,
@@ -201,6 +208,9 @@ impl Abort {
     pub fn abort(&self) {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         state.aborted = true;
+        if let Some(wake) = &state.wake {
+            wake.signal();
+        }
         if let Some(socket) = state.socket.take() {
             let _ = socket.shutdown(Shutdown::Both);
         }
@@ -234,13 +244,17 @@ pub fn connect(
     deadline: Instant,
     abort: &Abort,
 ) -> Result<Connection, ConnectError> {
-    let addrs = resolve(dial.target)?;
+    let addrs = resolve(dial)?;
     if Instant::now() >= deadline {
         return Err(ConnectError::Timeout(Stage::Resolve));
     }
     abort.enter(Stage::Tcp);
-    let tcp = connect_tcp(&addrs, deadline)?;
+    let tcp = connect_tcp(&addrs, deadline, abort, dial.proxy)?;
     abort.watch(&tcp)?;
+    if let Some(through) = dial.proxy {
+        abort.enter(Stage::Proxy);
+        proxy::tunnel(&tcp, through, dial.target, deadline)?;
+    }
     let control = tcp.try_clone().map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
     let stream = match dial.tls {
@@ -270,15 +284,20 @@ pub fn connect(
     })
 }
 
-fn resolve(target: &Target) -> Result<Vec<SocketAddr>, ConnectError> {
-    let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
+/// The addresses of the target, or of the proxy when there is one (the proxy resolves
+/// the target).
+fn resolve(dial: &Dial<'_>) -> Result<Vec<SocketAddr>, ConnectError> {
+    let (host, port, whose) = match dial.proxy {
+        Some(proxy) => (proxy.host.as_str(), proxy.port, "proxy "),
+        None => (dial.target.host.as_str(), dial.target.port, ""),
+    };
+    let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|err| ConnectError::Resolve(format!("{}: {err}", target.host)))?
+        .map_err(|err| ConnectError::Resolve(format!("{whose}{host}: {err}")))?
         .collect();
     if addrs.is_empty() {
         return Err(ConnectError::Resolve(format!(
-            "{}: no addresses",
-            target.host
+            "{whose}{host}: no addresses"
         )));
     }
     Ok(addrs)
@@ -295,19 +314,43 @@ fn remaining(deadline: Instant, stage: Stage) -> Result<Duration, ConnectError> 
     }
 }
 
-fn connect_tcp(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, ConnectError> {
-    let mut last_error = None;
-    for addr in addrs {
-        let left = remaining(deadline, Stage::Tcp)?;
-        match TcpStream::connect_timeout(addr, left) {
-            Ok(tcp) => return Ok(tcp),
-            Err(err) if err.kind() == io::ErrorKind::TimedOut => {
-                last_error = Some(ConnectError::Timeout(Stage::Tcp))
-            }
-            Err(err) => last_error = Some(ConnectError::Tcp(err)),
+/// Happy Eyeballs over `addrs` (see [`dial`]), cut short by `abort`. A failure to reach
+/// a proxy names it.
+fn connect_tcp(
+    addrs: &[SocketAddr],
+    deadline: Instant,
+    abort: &Abort,
+    through: Option<&Proxy>,
+) -> Result<TcpStream, ConnectError> {
+    let wake = Arc::new(Wake::new().map_err(ConnectError::Tcp)?);
+    abort.arm(Some(Arc::clone(&wake)))?;
+    let result = dial::connect(addrs, deadline, &wake);
+    let _ = abort.arm(None);
+    match (result, through) {
+        (Err(ConnectError::Tcp(err)), Some(proxy)) if err.kind() != io::ErrorKind::Interrupted => {
+            Err(ConnectError::Tcp(io::Error::new(
+                err.kind(),
+                format!("proxy {proxy}: {err}"),
+            )))
         }
+        (result, _) => result,
     }
-    Err(last_error.unwrap_or(ConnectError::Timeout(Stage::Tcp)))
+}
+
+impl Abort {
+    /// Makes [`Abort::abort`] signal `wake` (`None`: nothing); an attempt aborted already
+    /// is an error at once.
+    fn arm(&self, wake: Option<Arc<Wake>>) -> Result<(), ConnectError> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.aborted && wake.is_some() {
+            return Err(ConnectError::Tcp(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "attempt abandoned",
+            )));
+        }
+        state.wake = wake;
+        Ok(())
+    }
 }
 
 fn set_timeouts(control: &TcpStream, deadline: Instant, stage: Stage) -> Result<(), ConnectError> {
