@@ -8,6 +8,7 @@ mod data;
 mod hardening;
 mod heartbeat;
 mod hostile;
+mod network;
 mod reconnect;
 mod systemd;
 mod tls;

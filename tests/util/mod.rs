@@ -20,8 +20,10 @@
 //! multi-threaded binary can deadlock before exec, so signals go out with `kill(2)`, not by
 //! running `kill`.
 
+pub mod netns;
 pub mod proxy;
 pub mod server;
+pub mod tinyproxy;
 pub mod tls;
 pub mod watchdog;
 
@@ -142,20 +144,31 @@ pub fn runner_prefix() -> Vec<String> {
 }
 
 /// Environment variables removed from the child so the test controls them: every `WSBEAT_*`
-/// (the suite's own `WSBEAT_TEST_*` included), the systemd ones and `RUST_LOG`.
+/// (the suite's own `WSBEAT_TEST_*` included), the systemd ones, `RUST_LOG` and the proxy
+/// variables (a machine's `http_proxy` must not reroute the tests' loopback connections).
 fn scrubbed(name: &str) -> bool {
     name.starts_with("WSBEAT_")
         || matches!(
             name,
             "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID" | "JOURNAL_STREAM" | "RUST_LOG"
         )
+        || matches!(
+            name.to_ascii_lowercase().as_str(),
+            "http_proxy" | "https_proxy" | "all_proxy" | "no_proxy"
+        )
 }
 
 /// The real `wsbeat` binary behind the [`runner_prefix`] if any, with the scrubbed
 /// environment described above and no arguments yet.
 pub fn clean_command() -> Command {
+    clean_command_within(&[])
+}
+
+/// [`clean_command`] run by `wrapper` (e.g. `ip netns exec <ns>`), the runner prefix after it.
+pub fn clean_command_within(wrapper: &[OsString]) -> Command {
     watchdog::watch();
-    let prefix = runner_prefix();
+    let mut prefix: Vec<OsString> = wrapper.to_vec();
+    prefix.extend(runner_prefix().into_iter().map(OsString::from));
     let bin = env!("CARGO_BIN_EXE_wsbeat");
     let mut cmd = match prefix.split_first() {
         Some((first, rest)) => {
@@ -180,8 +193,17 @@ pub fn clean_command() -> Command {
 /// is killed and the test fails at once, saying so. Natively `spawn` returns after the exec
 /// (posix_spawn's vfork), so this costs one read of `/proc`.
 pub fn spawn_checked(cmd: &mut Command) -> Child {
+    spawn_checked_through(cmd, 0)
+}
+
+/// [`spawn_checked`] for a command whose first `wrapper` words exec the rest (`ip netns exec
+/// <ns> …`): the child has reached exec once it shows the rest's argv.
+pub fn spawn_checked_through(cmd: &mut Command, wrapper: usize) -> Child {
     let mut expected = Vec::new();
-    for part in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
+    for part in std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .skip(wrapper)
+    {
         expected.extend_from_slice(part.as_encoded_bytes());
         expected.push(0);
     }
@@ -217,6 +239,7 @@ pub fn reached_exec(pid: u32, argv: &[u8], bound: Duration) -> bool {
 /// plus what [`Wsbeat::env`] adds; `RUST_LOG` defaults to `debug` so failures show detail.
 #[derive(Debug, Clone)]
 pub struct Wsbeat {
+    wrapper: Vec<OsString>,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     stdin_null: bool,
@@ -234,6 +257,7 @@ impl Wsbeat {
     pub fn new() -> Wsbeat {
         watchdog::watch();
         Wsbeat {
+            wrapper: Vec::new(),
             args: Vec::new(),
             envs: vec![("RUST_LOG".into(), "debug".into())],
             stdin_null: false,
@@ -308,8 +332,15 @@ impl Wsbeat {
         self
     }
 
+    /// Runs the binary inside network namespace `ns` (`ip netns exec <ns>`, so the files of
+    /// `/etc/netns/<ns>/` such as `hosts` apply).
+    pub fn in_netns(mut self, ns: &str) -> Wsbeat {
+        self.wrapper = ["ip", "netns", "exec", ns].map(OsString::from).to_vec();
+        self
+    }
+
     fn command(&self) -> Command {
-        let mut cmd = clean_command();
+        let mut cmd = clean_command_within(&self.wrapper);
         cmd.args(&self.args);
         for (k, v) in &self.envs {
             cmd.env(k, v);
@@ -323,7 +354,12 @@ impl Wsbeat {
         for (k, v) in &self.envs {
             s.push_str(&format!("{}={:?} ", k.to_string_lossy(), v));
         }
-        let mut parts = runner_prefix();
+        let mut parts: Vec<String> = self
+            .wrapper
+            .iter()
+            .map(|w| w.to_string_lossy().into_owned())
+            .collect();
+        parts.extend(runner_prefix());
         parts.push("wsbeat".into());
         s.push_str(&parts.join(" "));
         for a in &self.args {
@@ -346,7 +382,7 @@ impl Wsbeat {
             Stdio::piped()
         })
         .stderr(Stdio::piped());
-        let mut child = spawn_checked(&mut cmd);
+        let mut child = spawn_checked_through(&mut cmd, self.wrapper.len());
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take().expect("piped stderr");

@@ -616,6 +616,9 @@ pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept_thread: Option<thread::JoinHandle<()>>,
+    /// For a server on a given listener ([`Server::start_on`]), perhaps in another network
+    /// namespace where a connect from here cannot reach it: shut down to wake the accept loop.
+    listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -669,9 +672,22 @@ impl Server {
         Server::launch(Arc::new(script), Some(b.build()))
     }
 
+    /// A plain server doing `behavior` on every connection accepted from `listener` (bound
+    /// by the caller, e.g. inside a network namespace).
+    pub fn start_on(listener: TcpListener, behavior: Behavior) -> Server {
+        let wake = listener.try_clone().expect("clone the listener");
+        let mut server = Server::launch_on(listener, Arc::new(move |_| behavior.clone()), None);
+        server.listener = Some(wake);
+        server
+    }
+
     fn launch(script: Script, tls: Option<SslAcceptor>) -> Server {
         super::watchdog::watch();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Server::launch_on(listener, script, tls)
+    }
+
+    fn launch_on(listener: TcpListener, script: Script, tls: Option<SslAcceptor>) -> Server {
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
             history: Mutex::new(Vec::new()),
@@ -710,6 +726,7 @@ impl Server {
             addr,
             shared,
             accept_thread: Some(accept_thread),
+            listener: None,
         }
     }
 
@@ -876,7 +893,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        match &self.listener {
+            // SAFETY: shutdown on a descriptor the listener owns; a blocked accept returns.
+            Some(listener) => unsafe {
+                libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(listener), libc::SHUT_RDWR);
+            },
+            None => {
+                let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            }
+        }
         self.drop_all();
         if let Some(h) = self.accept_thread.take() {
             let _ = h.join();

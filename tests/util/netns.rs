@@ -1,0 +1,321 @@
+//! Network namespaces for tests on the kernel's own networking: [`Netns`] (`ip netns add`,
+//! deleted with its `/etc/netns/<name>/` files on drop, also when the test fails), a veth
+//! pair between two of them ([`Pair`]), names through `/etc/netns/<name>/hosts`, nftables
+//! rules inside a namespace, and listeners bound inside one from this process.
+//!
+//! Nothing here touches the host's own interfaces, routes, firewall or `/etc/hosts`: the veth
+//! pair is created inside the first namespace with its peer moved straight into the second,
+//! and every address is private (10.231.0.0/24, fd00:231::/64) and exists only there.
+//!
+//! These tests need root, `ip` (iproute2) and `nft` (nftables). Without them they skip with
+//! the reason printed, unless `WSBEAT_TEST_REQUIRE_REAL_NET` is set (as CI does): then a
+//! missing prerequisite fails the test instead. Under an emulator (`WSBEAT_TEST_RUNNER`)
+//! they skip: they fork helpers from the test binary, a qemu-user hazard.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The device side of a [`Pair`].
+pub const DEV4: &str = "10.231.0.1";
+/// The server side of a [`Pair`].
+pub const SRV4: &str = "10.231.0.2";
+/// The device side of a [`Pair`], IPv6 (unique local).
+pub const DEV6: &str = "fd00:231::1";
+/// The server side of a [`Pair`], IPv6 (unique local).
+pub const SRV6: &str = "fd00:231::2";
+
+/// Set (to anything) where the real-network tests must run: a missing prerequisite fails.
+const REQUIRE: &str = "WSBEAT_TEST_REQUIRE_REAL_NET";
+
+/// `Ok` when `programs` are installed (and, if `root`, we are root); else why not.
+fn prerequisites(root: bool, programs: &[&str]) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if root && euid != 0 {
+        return Err("not root".into());
+    }
+    for program in programs {
+        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|dir| PathBuf::from(dir).join(program).exists());
+        if !found {
+            return Err(format!("{program} is not installed"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `test` can run: with `root` and `programs`. If not, prints why and returns false,
+/// or panics when [`REQUIRE`] is set.
+pub fn can_run(test: &str, root: bool, programs: &[&str]) -> bool {
+    if !super::runner_prefix().is_empty() {
+        // Not a missing prerequisite but a choice: these tests fork `ip`, `nft` and
+        // `tinyproxy` from the test binary, which under qemu-user can deadlock before exec.
+        // What they test (the kernel's networking, the client's logic) is the same natively.
+        eprintln!("skipping {test}: under an emulator (WSBEAT_TEST_RUNNER)");
+        return false;
+    }
+    match prerequisites(root, programs) {
+        Ok(()) => true,
+        Err(reason) if std::env::var_os(REQUIRE).is_some() => {
+            panic!("{test}: {reason}, and {REQUIRE} says this test must run")
+        }
+        Err(reason) => {
+            eprintln!("skipping {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// Namespace tests: root, `ip`, `nft`.
+pub fn netns_available(test: &str) -> bool {
+    can_run(test, true, &["ip", "nft"])
+}
+
+/// Runs `program args`, panicking with its stderr if it fails.
+pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) {
+    run_with_input(program, args, None);
+}
+
+fn run_with_input<S: AsRef<OsStr>>(program: &str, args: &[S], input: Option<&str>) {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}): {}",
+        shown.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Per-namespace files for `ip netns exec`.
+const ETC_NETNS: &str = "/etc/netns";
+
+/// Set when these tests created [`ETC_NETNS`], so the last guard removes it again.
+static CREATED_ETC_NETNS: AtomicBool = AtomicBool::new(false);
+
+/// Prefix of every namespace these tests create; followed by the test process's pid.
+const PREFIX: &str = "wsbeat-t";
+
+/// Deletes namespaces (and their `/etc/netns` files) left by test processes that no longer
+/// exist (killed before their guards ran). Only names with [`PREFIX`] are touched.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !pid.is_empty() && !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+            let _ = std::fs::remove_dir_all(PathBuf::from(ETC_NETNS).join(name));
+        }
+    }
+}
+
+/// A network namespace of its own, with `lo` up; deleted on drop with `/etc/netns/<name>/`.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A new namespace named `wsbeat-t<pid>-<n>-<role>`.
+    pub fn new(role: &str) -> Netns {
+        static SWEEP: Once = Once::new();
+        SWEEP.call_once(sweep_stale);
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{PREFIX}{}-{}-{role}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        // From here the guard owns it: a failure below still deletes it.
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name, for `ip netns exec`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <name> args…`.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// Loads an nftables ruleset (`nft -f -`) inside the namespace.
+    pub fn nft(&self, ruleset: &str) {
+        run_with_input(
+            "ip",
+            &["netns", "exec", self.name.as_str(), "nft", "-f", "-"],
+            Some(ruleset),
+        );
+    }
+
+    /// Silently drops every TCP segment this namespace sends to `addrs` (a blackhole).
+    pub fn drop_tcp_to(&self, addrs: &[&str]) {
+        let rules: String = addrs
+            .iter()
+            .map(|addr| {
+                let family = if addr.contains(':') { "ip6" } else { "ip" };
+                format!("\t\t{family} daddr {addr} meta l4proto tcp drop\n")
+            })
+            .collect();
+        self.nft(&format!(
+            "table inet wsbeat_drop {{\n\
+             \tchain output {{\n\
+             \t\ttype filter hook output priority 0; policy accept;\n\
+             {rules}\
+             \t}}\n\
+             }}\n"
+        ));
+    }
+
+    /// `/etc/netns/<name>/hosts`, which `ip netns exec` mounts over `/etc/hosts`.
+    pub fn hosts(&self, entries: &[(&str, &str)]) {
+        let etc = PathBuf::from(ETC_NETNS);
+        if !etc.exists() {
+            CREATED_ETC_NETNS.store(true, Ordering::Relaxed);
+        }
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (addr, name) in entries {
+            text.push_str(&format!("{addr} {name}\n"));
+        }
+        let dir = etc.join(&self.name);
+        // Another test's guard may remove an empty /etc/netns at the same moment: retry.
+        let mut tries = 0;
+        while let Err(err) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("hosts"), &text))
+        {
+            tries += 1;
+            assert!(tries < 5, "write {}/hosts: {err}", dir.display());
+        }
+    }
+
+    /// Runs `f` on a thread inside the namespace and returns what it returns.
+    fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = PathBuf::from("/var/run/netns").join(&self.name);
+        thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: setns with a descriptor we own; it changes only this thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread inside the namespace")
+    }
+
+    /// Waits until a TCP connect from this namespace to each of `addrs` (port 9, where
+    /// nothing listens) is answered, refused or not: a fresh veth link loses the first IPv6
+    /// segments for a while, which would look like a silent path.
+    pub fn wait_answered(&self, addrs: &[&str]) {
+        let addrs: Vec<SocketAddr> = addrs
+            .iter()
+            .map(|a| SocketAddr::new(a.parse().expect("an IP address"), 9))
+            .collect();
+        self.within(move || {
+            for addr in addrs {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+                        Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+                            assert!(Instant::now() < deadline, "{addr} never answers");
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        });
+    }
+
+    /// A listener bound to `addr` inside the namespace (by a thread that enters it; the
+    /// socket stays in the namespace it was made in).
+    pub fn bind(&self, addr: SocketAddr) -> TcpListener {
+        self.within(move || {
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in the namespace: {e}"))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(PathBuf::from(ETC_NETNS).join(&self.name));
+        if CREATED_ETC_NETNS.load(Ordering::Relaxed) {
+            // Only if empty: other tests' namespaces may still use it.
+            let _ = std::fs::remove_dir(ETC_NETNS);
+        }
+    }
+}
+
+/// Two namespaces joined by a veth pair: `dev` (10.231.0.1, fd00:231::1) and `srv`
+/// (10.231.0.2, fd00:231::2).
+#[derive(Debug)]
+pub struct Pair {
+    /// Where the client runs.
+    pub dev: Netns,
+    /// Where the servers listen.
+    pub srv: Netns,
+}
+
+impl Pair {
+    /// Creates both namespaces and the link between them.
+    pub fn new() -> Pair {
+        let dev = Netns::new("dev");
+        let srv = Netns::new("srv");
+        // Made inside `dev`, the peer moved straight into `srv`: never in the host's namespace.
+        dev.ip(&[
+            "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &srv.name,
+        ]);
+        for (ns, dev_name, v4, v6) in [(&dev, "veth0", DEV4, DEV6), (&srv, "veth1", SRV4, SRV6)] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev_name]);
+            // nodad: usable at once instead of after duplicate address detection.
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev_name, "nodad"]);
+            ns.ip(&["link", "set", dev_name, "up"]);
+        }
+        dev.wait_answered(&[SRV6, SRV4]);
+        Pair { dev, srv }
+    }
+}
