@@ -465,12 +465,12 @@ mod tests {
         Silent,
     }
 
+    /// The winner and when it connected (ms), and each attempt's start (ms) and address.
+    type Outcome = (Option<(SocketAddr, u64)>, Vec<(u64, SocketAddr)>);
+
     /// Drives a [`Schedule`] the way [`connect`] does, in virtual time: the winner and
     /// when it connected, or `None` if every attempt failed or `timeout` passed.
-    fn simulate(
-        addrs: &[(SocketAddr, Path)],
-        timeout: u64,
-    ) -> (Option<(SocketAddr, u64)>, Vec<(u64, SocketAddr)>) {
+    fn simulate(addrs: &[(SocketAddr, Path)], timeout: u64) -> Outcome {
         let t0 = Instant::now();
         let at = |t: u64| t0 + ms(t);
         let mut schedule = Schedule::new(
