@@ -150,7 +150,8 @@ impl Wake {
         }
     }
 
-    fn pollfd(&self) -> libc::pollfd {
+    /// A `pollfd` waiting for the signal.
+    pub(crate) fn pollfd(&self) -> libc::pollfd {
         libc::pollfd {
             fd: self.0.as_raw_fd(),
             events: libc::POLLIN,

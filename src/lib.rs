@@ -78,6 +78,8 @@ pub mod dial;
 pub mod error;
 pub mod events;
 pub mod headers;
+#[allow(unsafe_code)]
+pub mod linkwatch;
 pub mod logging;
 pub mod machine;
 pub mod metrics;

@@ -1,17 +1,21 @@
 //! Real networks (SPEC "Real networks"): Happy Eyeballs on the kernel's own networking in
 //! network namespaces joined by a veth pair (names from `/etc/netns/<ns>/hosts`, nftables
-//! for silent drops), and HTTP CONNECT proxies through a real tinyproxy.
+//! for silent drops), HTTP CONNECT proxies through a real tinyproxy, and the rtnetlink
+//! watcher (`wsbeat::linkwatch`) on a namespace's real link, address and route changes.
 //!
 //! The namespace tests need root, iproute2 and nftables; the proxy tests need tinyproxy.
 //! Without them they skip with the reason printed, unless `WSBEAT_TEST_REQUIRE_REAL_NET` is
 //! set (CI sets it, so there they fail instead of skipping).
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::netns::{self, Pair, SRV4, SRV6};
+use wsbeat::linkwatch::{LinkEvent, LinkWatch};
+
+use crate::util::netns::{self, Netns, Pair, SRV4, SRV6};
 use crate::util::server::{Behavior, Event, Server};
 use crate::util::tinyproxy::{Options, Tinyproxy};
 use crate::util::tls::Pki;
@@ -465,4 +469,86 @@ fn a_proxy_url_of_another_scheme_is_a_usage_error() {
         );
         assert!(!lines[0].contains("pw@"), "{}", out.dump());
     }
+}
+
+/// Voluntary context switches of this process's thread named `name`, if there is one.
+fn thread_switches(name: &str) -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok());
+        }
+    }
+    None
+}
+
+#[test]
+fn link_watch_reports_the_kernels_changes_without_polling() {
+    if !netns::netns_available("link_watch_reports_the_kernels_changes_without_polling") {
+        return;
+    }
+    let ns = Netns::new("lw");
+    let (tx, events) = mpsc::channel();
+    // The socket belongs to the namespace of the thread that opens it.
+    let watch = ns.within(move || {
+        LinkWatch::spawn(move |event| {
+            let _ = tx.send(event);
+        })
+        .expect("netlink")
+    });
+    // Idle: the watcher's thread sleeps in poll(2) and is not woken.
+    thread::sleep(ms(200));
+    let before = thread_switches("wsbeat-netlink").expect("the watcher's thread");
+    thread::sleep(ms(1000));
+    let after = thread_switches("wsbeat-netlink").expect("the watcher's thread");
+    assert_eq!(after, before, "woken while nothing changed");
+
+    ns.ip(&[
+        "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+    ]);
+    ns.ip(&["addr", "add", "10.231.0.1/24", "dev", "veth0"]);
+    ns.ip(&["link", "set", "veth1", "up"]);
+    ns.ip(&["link", "set", "veth0", "up"]);
+    ns.ip(&["route", "add", "default", "via", "10.231.0.2"]);
+    ns.ip(&["addr", "del", "10.231.0.1/24", "dev", "veth0"]);
+    ns.ip(&["link", "set", "veth0", "down"]);
+    let addr: IpAddr = "10.231.0.1".parse().unwrap();
+    let veth0 = Some("veth0".to_string());
+    type Wanted<'a> = Box<dyn Fn(&LinkEvent) -> bool + 'a>;
+    let expected: Vec<Wanted<'_>> = vec![
+        Box::new(|e| matches!(e, LinkEvent::AddressAdded { addr: a, .. } if *a == addr)),
+        Box::new(|e| matches!(e, LinkEvent::LinkUp { name, .. } if *name == veth0)),
+        Box::new(|e| {
+            matches!(e, LinkEvent::DefaultRouteAdded { gateway: Some(g), .. }
+                if *g == "10.231.0.2".parse::<IpAddr>().unwrap())
+        }),
+        Box::new(|e| matches!(e, LinkEvent::AddressRemoved { addr: a, .. } if *a == addr)),
+        Box::new(|e| matches!(e, LinkEvent::LinkDown { name, .. } if *name == veth0)),
+    ];
+    let mut seen = Vec::new();
+    for (n, wanted) in expected.iter().enumerate() {
+        loop {
+            match events.recv_timeout(WAIT()) {
+                Ok(event) => {
+                    let found = wanted(&event);
+                    seen.push(event);
+                    if found {
+                        break;
+                    }
+                }
+                Err(_) => panic!("expected event {n} never came; saw {seen:#?}"),
+            }
+        }
+    }
+    let stopping = Instant::now();
+    watch.stop();
+    assert!(
+        stopping.elapsed() < ms(500),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
 }

@@ -231,7 +231,7 @@ impl Netns {
     }
 
     /// Runs `f` on a thread inside the namespace and returns what it returns.
-    fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = PathBuf::from("/var/run/netns").join(&self.name);
         thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open the namespace");
