@@ -41,6 +41,9 @@ pub struct Config {
     pub target: Target,
     /// Time between heartbeats; zero turns the heartbeat off.
     pub ping_interval: Duration,
+    /// `--ping-interval auto[:MIN..MAX]`: learn the interval between these bounds
+    /// (`ping_interval` is then `MIN`, the first interval).
+    pub auto_interval: Option<(Duration, Duration)>,
     /// A heartbeat unanswered this long marks the connection dead.
     pub pong_timeout: Duration,
     /// Control frames or text messages.
@@ -81,6 +84,10 @@ pub struct Config {
     pub queue_bytes: usize,
     /// State file, replaced atomically.
     pub status_file: Option<PathBuf>,
+    /// Prometheus textfile metrics, replaced atomically with the status file.
+    pub metrics_file: Option<PathBuf>,
+    /// Follow the kernel's address and route changes (rtnetlink).
+    pub link_watch: bool,
     /// Probe mode: one heartbeat, print its RTT, exit.
     pub once: bool,
     /// HTTP CONNECT proxy for this target (`--proxy` or the proxy variables), if any.
@@ -93,6 +100,7 @@ impl Config {
         Config {
             target,
             ping_interval: Duration::from_secs(20),
+            auto_interval: None,
             pong_timeout: Duration::from_secs(10),
             heartbeat: HeartbeatMode::Control,
             ping_text: "ping".into(),
@@ -113,6 +121,8 @@ impl Config {
             queue_size: 1000,
             queue_bytes: 1 << 20,
             status_file: None,
+            metrics_file: None,
+            link_watch: true,
             once: false,
             proxy: None,
         }
@@ -144,7 +154,9 @@ variables count as unset. DURATION is a number with an optional unit ms, s,
 m or h (250ms, 1.5s, 20s, 5m); a bare number means seconds.
 
 Heartbeat:
-      --ping-interval DURATION  time between heartbeats; 0 turns it off [20s]
+      --ping-interval DURATION  time between heartbeats; 0 turns it off [20s];
+                                auto[:MIN..MAX] learns the longest idle gap the
+                                path tolerates and stays below it [15s..5m]
       --pong-timeout DURATION   a heartbeat unanswered this long marks the
                                 connection dead [10s]
       --heartbeat control|text  Ping/Pong frames, or text messages [control]
@@ -189,6 +201,9 @@ Data and state:
       --queue-bytes BYTES       bound on the bytes those lines hold, and on
                                 received messages waiting for stdout [1048576]
       --status-file PATH        key=value state file, replaced atomically
+      --metrics-file PATH       Prometheus textfile metrics, replaced with it
+      --no-link-watch           do not follow the kernel's address and route
+                                changes
 
   -h, --help      print this help and exit
   -V, --version   print the version and exit
@@ -247,6 +262,8 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("queue-size", Kind::Value),
     ("queue-bytes", Kind::Value),
     ("status-file", Kind::Value),
+    ("metrics-file", Kind::Value),
+    ("no-link-watch", Kind::Switch),
     ("once", Kind::Switch),
 ];
 
@@ -309,6 +326,30 @@ fn parse_number<T: std::str::FromStr>(s: &str) -> Option<T> {
 /// Whether `s` is an HTTP token (RFC 9110 `token`), as subprotocol names must be.
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.chars().all(is_token_char)
+}
+
+/// `auto` or `auto:MIN..MAX` (DURATIONs, `0 < MIN <= MAX`): the bounds of the adaptive heartbeat.
+pub fn parse_auto(s: &str) -> Result<(Duration, Duration), String> {
+    let hint = "use auto or auto:MIN..MAX, e.g. auto:15s..5m";
+    let Some(rest) = s.strip_prefix("auto") else {
+        return Err(format!("invalid value {} ({hint})", quote(s)));
+    };
+    if rest.is_empty() {
+        return Ok((crate::adaptive::DEFAULT_MIN, crate::adaptive::DEFAULT_MAX));
+    }
+    let bounds = rest
+        .strip_prefix(':')
+        .and_then(|bounds| bounds.split_once(".."))
+        .ok_or_else(|| format!("invalid value {} ({hint})", quote(s)))?;
+    let min = parse_duration(bounds.0)?;
+    let max = parse_duration(bounds.1)?;
+    if min.is_zero() || min > max {
+        return Err(format!(
+            "invalid bounds {} (MIN must be above 0 and at most MAX)",
+            quote(s)
+        ));
+    }
+    Ok((min, max))
 }
 
 /// Parses a DURATION: a non-negative decimal number with an optional unit
@@ -719,7 +760,13 @@ where
     };
     let sources = Sources { args, env };
 
-    let ping_interval = sources.duration("ping-interval")?;
+    let (ping_interval, auto_interval) = match sources.value("ping-interval") {
+        Some((flag, value)) if value == "auto" || value.starts_with("auto:") => {
+            let bounds = parse_auto(&value).map_err(|message| UsageError::new(flag, message))?;
+            (None, Some(bounds))
+        }
+        _ => (sources.duration("ping-interval")?, None),
+    };
     let pong_timeout = sources.duration("pong-timeout")?;
     let heartbeat = match sources.value("heartbeat") {
         None => None,
@@ -800,6 +847,8 @@ where
         "a whole number of bytes, 0 or more",
     )?;
     let status_file = sources.path("status-file")?;
+    let metrics_file = sources.path("metrics-file")?;
+    let no_link_watch = sources.switch("no-link-watch")?;
     let once = sources.switch("once")?;
 
     let target = match &sources.args.url {
@@ -822,6 +871,10 @@ where
     let defaults = config.clone();
     if let Some((_, value)) = &ping_interval {
         config.ping_interval = *value;
+    }
+    if let Some((min, max)) = auto_interval {
+        config.auto_interval = Some((min, max));
+        config.ping_interval = min;
     }
     if let Some((flag, value)) = &pong_timeout {
         config.pong_timeout = *value;
@@ -910,6 +963,8 @@ where
         config.queue_bytes = bytes;
     }
     config.status_file = status_file.map(|(_, path)| path);
+    config.metrics_file = metrics_file.map(|(_, path)| path);
+    config.link_watch = !no_link_watch;
     config.once = once;
     Ok(Parsed::Run(Box::new(config)))
 }
@@ -1773,5 +1828,37 @@ mod tests {
         );
         assert!(err(&["--proxy=", URL]).starts_with("--proxy: empty proxy URL"));
         assert_eq!(err(&["--proxy"]), "--proxy: missing value");
+    }
+
+    #[test]
+    fn auto_interval_bounds() {
+        let config = run(&["--ping-interval", "auto", URL]);
+        assert_eq!(config.auto_interval, Some((secs(15), secs(300))));
+        assert_eq!(config.ping_interval, secs(15), "the first interval is MIN");
+        let config = run(&["--ping-interval=auto:30s..30m", URL]);
+        assert_eq!(config.auto_interval, Some((secs(30), secs(1800))));
+        assert_eq!(Config::new(config.target.clone()).auto_interval, None);
+        for bad in [
+            "auto:",
+            "auto:5m..1m",
+            "auto:0..1m",
+            "auto:1m",
+            "auto:x..1m",
+            "autox",
+        ] {
+            let err = run_with(&["--ping-interval", bad, URL], &[]).unwrap_err();
+            assert!(
+                err.to_string().starts_with("--ping-interval: "),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_file_and_link_watch() {
+        let config = run(&["--metrics-file", "/m.prom", "--no-link-watch", URL]);
+        assert_eq!(config.metrics_file, Some(PathBuf::from("/m.prom")));
+        assert!(!config.link_watch);
+        assert!(run(&[URL]).link_watch);
     }
 }
