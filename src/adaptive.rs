@@ -36,6 +36,7 @@
 //!
 //! Pure: every method takes `now`; unit-tested over simulated days.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The search ends once `good >= SETTLE_RATIO * bad`.
@@ -51,6 +52,15 @@ pub const PROBE_LOSS_SPACING: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_MIN: Duration = Duration::from_secs(15);
 /// Default bounds of `auto`.
 pub const DEFAULT_MAX: Duration = Duration::from_secs(300);
+
+/// The learning state shared by the writer (answers, timing) and the supervisor
+/// (losses, reconnects); it outlives connections.
+pub type SharedAdaptive = Arc<Mutex<Adaptive>>;
+
+/// Locks the learning state; a poisoned lock is taken over (plain bookkeeping).
+pub fn lock(adaptive: &SharedAdaptive) -> MutexGuard<'_, Adaptive> {
+    adaptive.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The learning state. See the module documentation.
 #[derive(Debug, Clone)]

@@ -82,6 +82,11 @@ impl Backoff {
         }
     }
 
+    /// `--backoff-initial`.
+    pub fn initial(&self) -> Duration {
+        self.initial
+    }
+
     /// The upper bound of the next plain delay.
     pub fn cap(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt).unwrap_or(u32::MAX);

@@ -44,7 +44,13 @@ pub enum Event {
         conn: ConnId,
         /// Why, one line.
         reason: String,
+        /// It died after this long with nothing received (a heartbeat after that gap
+        /// went unanswered, or the peer dropped it in the middle of the gap); `None`
+        /// if that is not what happened. Evidence for the adaptive heartbeat.
+        idle: Option<Duration>,
     },
+    /// The kernel reported an address, link or route change.
+    Link(crate::linkwatch::LinkEvent),
     /// Input ended; nothing to do but note it.
     InputClosed,
     /// SIGHUP: re-read files, reconnect at once.

@@ -99,6 +99,7 @@ pub mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
 pub mod tls;
+pub mod traffic;
 pub mod transport;
 
 use std::sync::Arc;

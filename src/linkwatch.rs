@@ -378,6 +378,51 @@ fn watch(socket: &OwnedFd, stop: &Wake, on_event: &mut dyn FnMut(LinkEvent)) {
     }
 }
 
+/// The index of the interface that holds `addr`, from `getifaddrs(3)`; `None` if
+/// no interface has it (or the call fails).
+#[allow(unsafe_code)]
+pub fn interface_of(addr: IpAddr) -> Option<u32> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*entry };
+        entry = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        let this = match family {
+            libc::AF_INET => {
+                // SAFETY: family AF_INET: the sockaddr is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: family AF_INET6: the sockaddr is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => continue,
+        };
+        if this == addr {
+            // SAFETY: ifa_name is a NUL-terminated name owned by the list.
+            let index = unsafe { libc::if_nametoindex(ifa.ifa_name) };
+            found = (index != 0).then_some(index);
+            break;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,5 +660,12 @@ mod tests {
             expected
         );
         assert_eq!(route(0, 254, RTN_UNICAST, &[gw, table(1000)]), []);
+    }
+
+    #[test]
+    fn loopback_is_found_on_its_interface() {
+        let index = interface_of(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!(index.is_some_and(|i| i > 0), "{index:?}");
+        assert_eq!(interface_of("192.0.2.77".parse().unwrap()), None);
     }
 }

@@ -109,6 +109,8 @@ pub enum Input {
     },
     /// SIGTERM / SIGINT.
     Terminate,
+    /// A new address or default route appeared: the network may be back.
+    NetworkChanged,
 }
 
 /// What the driver must do, in order.
@@ -280,6 +282,14 @@ impl Machine {
         self.stop_by
     }
 
+    /// The attempt under way, if any.
+    pub fn attempt(&self) -> Option<ConnId> {
+        match self.phase {
+            Phase::Connecting { conn, .. } => Some(conn),
+            _ => None,
+        }
+    }
+
     /// The connection being served, if any.
     pub fn active(&self) -> Option<ConnId> {
         match self.phase {
@@ -435,6 +445,7 @@ impl Machine {
             }
             Input::Reload { writes_idle } => self.reload(writes_idle, now),
             Input::Terminate => self.terminate(now),
+            Input::NetworkChanged => self.network_changed(now),
         }
         self.take_actions()
     }
@@ -640,6 +651,29 @@ impl Machine {
             _ => {}
         }
         self.dial(now);
+    }
+
+    /// While waiting to retry, a new address or default route cuts the wait to a
+    /// random time in `[0, backoff-initial]`: the link is probably back, and the
+    /// draw (the attempt counter unchanged) keeps a fleet that regains its link
+    /// together from returning in lock-step.
+    fn network_changed(&mut self, now: Instant) {
+        if self.stop_by.is_some() {
+            return;
+        }
+        if let Phase::Backoff {
+            until: Some(until), ..
+        } = &mut self.phase
+        {
+            let sooner = now + self.random.below(self.backoff.initial());
+            if sooner < *until {
+                log::info!(
+                    "network changed: reconnecting in {}",
+                    fmt_duration(sooner - now)
+                );
+                *until = sooner;
+            }
+        }
     }
 
     fn terminate(&mut self, now: Instant) {

@@ -65,9 +65,17 @@ pub struct Status {
     pub dropped: u64,
     /// The last error, if any; forced to one line when rendered.
     pub last_error: Option<String>,
+    /// The heartbeat interval in force (the learned one with `auto`); 0: off.
+    pub ping_interval_ms: u64,
+    /// Heartbeats sent since start.
+    pub heartbeats: u64,
+    /// Bytes written to the socket since start (frames; TLS records on `wss://`).
+    pub bytes_sent: u64,
+    /// Bytes read from the socket since start.
+    pub bytes_received: u64,
 }
 
-/// The file's text for `status`: seven `key=value` lines, each ending in `\n`.
+/// The file's text for `status`: eleven `key=value` lines, each ending in `\n`.
 pub fn render(status: &Status) -> String {
     let rtt = status
         .rtt_ms
@@ -89,6 +97,10 @@ pub fn render(status: &Status) -> String {
     line("reconnects", &status.reconnects.to_string());
     line("dropped", &status.dropped.to_string());
     line("last_error", &last_error);
+    line("ping_interval_ms", &status.ping_interval_ms.to_string());
+    line("heartbeats", &status.heartbeats.to_string());
+    line("bytes_sent", &status.bytes_sent.to_string());
+    line("bytes_received", &status.bytes_received.to_string());
     out
 }
 
@@ -159,9 +171,14 @@ impl StatusFile {
     /// temporary file is removed and the old status file is left as it was;
     /// the caller should log the error and carry on.
     pub fn write(&self, status: &Status) -> io::Result<()> {
+        self.write_text(&render(status))
+    }
+
+    /// Replaces the file with `text` the same way (the metrics file uses it too).
+    pub fn write_text(&self, text: &str) -> io::Result<()> {
         let (temp, mut file) = self.create_temp()?;
         let result = file
-            .write_all(render(status).as_bytes())
+            .write_all(text.as_bytes())
             .and_then(|()| fs::rename(&temp, &self.path));
         if result.is_err() {
             // Ours alone: created exclusively under a name nobody could guess.
@@ -246,6 +263,10 @@ mod tests {
             reconnects: 2,
             dropped: 0,
             last_error: Some("connect: Connection refused (os error 111)".into()),
+            ping_interval_ms: 20000,
+            heartbeats: 118,
+            bytes_sent: 14230,
+            bytes_received: 13988,
         }
     }
 
@@ -259,7 +280,11 @@ mod tests {
              rtt_ms=12.3\n\
              reconnects=2\n\
              dropped=0\n\
-             last_error='connect: Connection refused (os error 111)'\n"
+             last_error='connect: Connection refused (os error 111)'\n\
+             ping_interval_ms=20000\n\
+             heartbeats=118\n\
+             bytes_sent=14230\n\
+             bytes_received=13988\n"
         );
     }
 
@@ -274,7 +299,7 @@ mod tests {
         let text = render(&status);
         assert!(text.starts_with("state=connecting\n"), "{text}");
         assert!(text.contains("\nrtt_ms=\n"), "{text}");
-        assert!(text.ends_with("\nlast_error=\n"), "{text}");
+        assert!(text.contains("\nlast_error=\n"), "{text}");
         assert_eq!(State::Backoff.as_str(), "backoff");
         assert_eq!(State::Stopped.as_str(), "stopped");
     }
@@ -332,7 +357,7 @@ mod tests {
         };
         file.write(&status).expect("write");
         let text = fs::read_to_string(file.path()).expect("read");
-        assert_eq!(text.lines().count(), 7, "{text}");
+        assert_eq!(text.lines().count(), 11, "{text}");
         let Some(values) = source(file.path()) else {
             return;
         };

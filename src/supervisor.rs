@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::adaptive::{self, Adaptive, SharedAdaptive};
 use crate::backoff::{Backoff, Random, SplitMix64};
 use crate::config::{Config, HeartbeatMode};
 use crate::connection::liveness::{self, Liveness, SharedLiveness};
@@ -30,11 +31,14 @@ use crate::delivery::{self, Delivery};
 use crate::error::{ConfigError, ConnectError, Stage};
 pub use crate::events::{ConnId, Ending, Event, Observer};
 use crate::headers::read_header_file;
+use crate::linkwatch::{self, LinkEvent, LinkWatch};
 use crate::machine::{Action, Input, Machine, Settings};
+use crate::metrics::{self, Snapshot};
 use crate::outbox::Outbox;
 use crate::sd_notify::{Notifier, Notify};
 use crate::status_file::{State, Status, StatusFile};
 use crate::tls::{Connector, TlsFiles};
+use crate::traffic::Traffic;
 use crate::transport::{self, Abort, Connection, Dial};
 
 /// How long any ending other than a stop waits for abandoned connect threads (stuck
@@ -87,6 +91,9 @@ pub struct Systemd {
 
 /// A live connection and the two threads serving it.
 struct Active {
+    conn: ConnId,
+    /// The connection's local address and its interface, for the link watch.
+    local: Option<(std::net::IpAddr, Option<u32>)>,
     tcp: TcpStream,
     commands: Sender<Command>,
     reader: JoinHandle<()>,
@@ -127,6 +134,16 @@ pub struct Supervisor {
     delivery: Arc<Delivery>,
     /// The thread that passes `delivery` on to the observer; started by `run`.
     delivery_thread: Option<JoinHandle<()>>,
+    /// Bytes, heartbeats and messages since start.
+    traffic: Arc<Traffic>,
+    /// `--ping-interval auto`: what has been learned about the path, across connections.
+    adaptive: Option<SharedAdaptive>,
+    /// `--metrics-file`.
+    metrics_file: Option<StatusFile>,
+    /// The metrics' own counters (the rest comes from `traffic` and `status`).
+    metrics: Snapshot,
+    /// The kernel's address and route changes; started by `run`.
+    link_watch: Option<LinkWatch>,
 }
 
 impl Supervisor {
@@ -146,7 +163,15 @@ impl Supervisor {
             reconnects: 0,
             dropped: 0,
             last_error: None,
+            ping_interval_ms: config.ping_interval.as_millis() as u64,
+            heartbeats: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
         };
+        let adaptive = config
+            .auto_interval
+            .map(|(min, max)| Arc::new(Mutex::new(Adaptive::new(min, max))));
+        let metrics_file = config.metrics_file.clone().map(StatusFile::new);
         let machine = Machine::new(
             settings(&config, &Systemd::default(), config.status_file.is_some()),
             Backoff::new(config.backoff_initial, config.backoff_max),
@@ -172,6 +197,11 @@ impl Supervisor {
             status,
             reported_rtt: None,
             delivery_thread: None,
+            traffic: Arc::new(Traffic::default()),
+            adaptive,
+            metrics_file,
+            metrics: Snapshot::default(),
+            link_watch: None,
         })
     }
 
@@ -201,6 +231,9 @@ impl Supervisor {
             log::error!("output thread: {err}");
             return self.finish(Ending::GaveUp(format!("output thread: {err}")));
         }
+        if self.config.link_watch {
+            self.start_link_watch();
+        }
         self.notify(&[Notify::Ready]);
         let actions = self.machine.start(Instant::now());
         if let Some(ending) = self.carry_out(actions) {
@@ -218,7 +251,7 @@ impl Supervisor {
             };
             let actions = match event {
                 Ok(event) => match self.input_for(event) {
-                    Some(input) => self.machine.handle(input, Instant::now()),
+                    Some(input) => self.feed(input),
                     None => continue,
                 },
                 Err(RecvTimeoutError::Timeout) => self.machine.on_time(Instant::now()),
@@ -247,6 +280,68 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Follows the kernel's address and route changes. Where netlink is unavailable
+    /// (an old kernel, a sandbox without `AF_NETLINK`) the client carries on without.
+    fn start_link_watch(&mut self) {
+        let events = self.events.clone();
+        match LinkWatch::spawn(move |event| {
+            let _ = events.send(Event::Link(event));
+        }) {
+            Ok(watch) => self.link_watch = Some(watch),
+            Err(err) => log::info!(
+                "link watch unavailable ({err}); address changes are noticed by the heartbeat only"
+            ),
+        }
+    }
+
+    /// What a kernel report means here: the live connection's address or interface
+    /// is gone (the connection is dead at once), or the network came (back).
+    fn link_input(&self, event: LinkEvent) -> Option<Input> {
+        let active = self.active.as_ref();
+        let local = active.and_then(|active| active.local);
+        match event {
+            LinkEvent::AddressRemoved { addr, .. } if local.is_some_and(|(ip, _)| ip == addr) => {
+                Some(Input::Dead {
+                    conn: active?.conn,
+                    reason: format!("local address {addr} removed"),
+                })
+            }
+            LinkEvent::LinkDown { index, name }
+                if local.is_some_and(|(_, interface)| interface == Some(index)) =>
+            {
+                let name = name.unwrap_or_else(|| format!("#{index}"));
+                Some(Input::Dead {
+                    conn: active?.conn,
+                    reason: format!("interface {name} went down"),
+                })
+            }
+            LinkEvent::AddressAdded { .. } | LinkEvent::DefaultRouteAdded { .. } => {
+                Some(Input::NetworkChanged)
+            }
+            _ => None,
+        }
+    }
+
+    /// Feeds `input` to the machine, after what the driver learns from it itself:
+    /// failure counts for the metrics, and the adaptive heartbeat's evidence.
+    fn feed(&mut self, input: Input) -> Vec<Action> {
+        match &input {
+            Input::ConnectFailed { conn, error } if self.machine.attempt() == Some(*conn) => {
+                self.metrics.count_failure(metrics::reason_of(error));
+                if let Some(adaptive) = &self.adaptive {
+                    adaptive::lock(adaptive).on_connect_failed();
+                }
+            }
+            Input::Connected { conn } if self.machine.attempt() == Some(*conn) => {
+                if let Some(adaptive) = &self.adaptive {
+                    adaptive::lock(adaptive).on_reconnected(Instant::now());
+                }
+            }
+            _ => {}
+        }
+        self.machine.handle(input, Instant::now())
+    }
+
     /// The machine's view of an event; `None` for what only the driver cares about.
     fn input_for(&mut self, event: Event) -> Option<Input> {
         Some(match event {
@@ -265,7 +360,15 @@ impl Supervisor {
             }
             Event::Proven { conn, rtt } => Input::Proven { conn, rtt },
             Event::Closed { conn, code, reason } => Input::Closed { conn, code, reason },
-            Event::Dead { conn, reason } => Input::Dead { conn, reason },
+            Event::Dead { conn, reason, idle } => {
+                if let Some(adaptive) = &self.adaptive {
+                    if self.machine.active() == Some(conn) {
+                        adaptive::lock(adaptive).on_lost(idle);
+                    }
+                }
+                Input::Dead { conn, reason }
+            }
+            Event::Link(event) => return self.link_input(event),
             Event::InputClosed => {
                 log::debug!("stdin closed; the connection stays up");
                 return None;
@@ -285,7 +388,7 @@ impl Supervisor {
                 return Some(ending);
             }
             if let Some(input) = self.carry_out_one(action) {
-                queue.extend(self.machine.handle(input, Instant::now()));
+                queue.extend(self.feed(input));
             }
         }
         None
@@ -381,6 +484,7 @@ impl Supervisor {
         // the network's time.
         let deadline = Instant::now() + self.config.connect_timeout;
         let events = self.events.clone();
+        let traffic = Arc::clone(&self.traffic);
         let abort = Arc::new(Abort::default());
         let abort_handle = Arc::clone(&abort);
         let spawned = thread::Builder::new()
@@ -394,6 +498,7 @@ impl Supervisor {
                     tls: connector.as_ref(),
                     ws_config,
                     write_timeout,
+                    traffic: &traffic,
                     proxy: proxy.as_ref(),
                 };
                 let result = transport::connect(&dial, deadline, &abort_handle).map(Box::new);
@@ -456,6 +561,7 @@ impl Supervisor {
             generation: self.delivery.generation(),
             liveness: Arc::clone(&liveness),
             events: self.events.clone(),
+            traffic: Arc::clone(&self.traffic),
         };
         let writer = Writer {
             conn,
@@ -465,11 +571,13 @@ impl Supervisor {
                 mode: self.config.heartbeat,
                 ping_text: self.config.ping_text.clone(),
                 immediate: self.config.once,
+                adaptive: self.adaptive.clone(),
             },
             liveness: Arc::clone(&liveness),
             outbox: Arc::clone(&self.outbox),
             commands: command_inbox,
             events: self.events.clone(),
+            traffic: Arc::clone(&self.traffic),
         };
         let reader = thread::Builder::new()
             .name("wsbeat-reader".into())
@@ -498,7 +606,13 @@ impl Supervisor {
             let _ = wake.send(Command::Wake);
         }));
         self.reported_rtt = None;
+        let local = tcp.local_addr().ok().map(|addr| {
+            let ip = addr.ip();
+            (ip, linkwatch::interface_of(ip))
+        });
         self.active = Some(Active {
+            conn,
+            local,
             tcp,
             commands,
             reader,
@@ -537,6 +651,9 @@ impl Supervisor {
     }
 
     fn finish(mut self, ending: Ending) -> Ending {
+        if let Some(watch) = self.link_watch.take() {
+            watch.stop();
+        }
         // No more lines: a producer waiting for room goes on, its line discarded.
         self.outbox.close();
         self.teardown(false);
@@ -591,8 +708,11 @@ impl Supervisor {
             .as_ref()
             .and_then(|active| liveness::lock(&active.liveness).rtt());
         let dropped = self.outbox.dropped();
-        let changed =
-            (self.active.is_some() && rtt != self.reported_rtt) || dropped != self.status.dropped;
+        let changed = (self.active.is_some() && rtt != self.reported_rtt)
+            || dropped != self.status.dropped
+            || Traffic::get(&self.traffic.heartbeats) != self.status.heartbeats
+            || Traffic::get(&self.traffic.bytes_received) != self.status.bytes_received
+            || self.ping_interval().as_millis() as u64 != self.status.ping_interval_ms;
         if changed {
             self.publish();
         }
@@ -615,12 +735,48 @@ impl Supervisor {
                 self.status.rtt_ms = rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
             }
         }
+        self.status.ping_interval_ms = self.ping_interval().as_millis() as u64;
+        self.status.heartbeats = Traffic::get(&self.traffic.heartbeats);
+        self.status.bytes_sent = Traffic::get(&self.traffic.bytes_sent);
+        self.status.bytes_received = Traffic::get(&self.traffic.bytes_received);
         self.notify(&[Notify::Status(self.describe())]);
         self.observer.state(&self.status);
         if let Some(file) = &self.status_file {
             if let Err(err) = file.write(&self.status) {
                 log::warn!("--status-file {}: {err}", file.path().display());
             }
+        }
+        if let Some(file) = &self.metrics_file {
+            if let Err(err) = file.write_text(&metrics::render(&self.snapshot())) {
+                log::warn!("--metrics-file {}: {err}", file.path().display());
+            }
+        }
+    }
+
+    /// The heartbeat interval in force: the learned one with `auto`.
+    fn ping_interval(&self) -> Duration {
+        match &self.adaptive {
+            Some(adaptive) => adaptive::lock(adaptive).interval(),
+            None => self.config.ping_interval,
+        }
+    }
+
+    /// The metrics, from the status just published and the counters.
+    fn snapshot(&self) -> Snapshot {
+        let status = &self.status;
+        Snapshot {
+            connected: status.state == State::Connected,
+            reconnects: status.reconnects,
+            heartbeats: status.heartbeats,
+            rtt_seconds: status.rtt_ms.map(|ms| ms / 1000.0),
+            ping_interval_seconds: status.ping_interval_ms as f64 / 1000.0,
+            bytes_sent: status.bytes_sent,
+            bytes_received: status.bytes_received,
+            messages_sent: Traffic::get(&self.traffic.messages_sent),
+            messages_received: Traffic::get(&self.traffic.messages_received),
+            dropped: status.dropped,
+            state_since_seconds: status.since_unix_ms as f64 / 1000.0,
+            ..self.metrics.clone()
         }
     }
 

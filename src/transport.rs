@@ -27,6 +27,7 @@ use crate::dial::{self, Wake};
 use crate::error::{ConnectError, Stage};
 use crate::proxy::{self, Proxy};
 use crate::tls::Connector;
+use crate::traffic::Traffic;
 
 /// The TCP socket under the WebSocket (and under TLS). It stays blocking; while the
 /// reader drains, each read is made non-blocking on its own (`MSG_DONTWAIT`) instead of
@@ -38,27 +39,32 @@ pub struct Socket {
     /// A write ran into the socket's write timeout: the peer stopped reading. Kept
     /// here because tungstenite swallows that error when it flushes a Pong inside `read`.
     write_stalled: bool,
+    /// Bytes on the wire, for the status and metrics files.
+    traffic: Arc<Traffic>,
 }
 
 impl Socket {
-    fn new(tcp: TcpStream) -> Socket {
+    fn new(tcp: TcpStream, traffic: Arc<Traffic>) -> Socket {
         Socket {
             tcp,
             draining: false,
             write_stalled: false,
+            traffic,
         }
     }
-}
 
-impl Read for Socket {
-    #[allow(unsafe_code)]
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.draining {
-            return self.tcp.read(buf);
+    fn count_read(&self, read: io::Result<usize>) -> io::Result<usize> {
+        if let Ok(n) = read {
+            Traffic::add(&self.traffic.bytes_received, n as u64);
         }
+        read
+    }
+
+    fn read_draining(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: the pointer and length describe `buf`, writable for its whole
             // length; the descriptor is owned by `self.tcp` and open.
+            #[allow(unsafe_code)]
             let n = unsafe {
                 libc::recv(
                     self.tcp.as_raw_fd(),
@@ -78,16 +84,31 @@ impl Read for Socket {
     }
 }
 
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = if self.draining {
+            self.read_draining(buf)
+        } else {
+            self.tcp.read(buf)
+        };
+        self.count_read(read)
+    }
+}
+
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.tcp.write(buf);
-        if let Err(err) = &written {
-            if matches!(
-                err.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
+        match &written {
+            Ok(n) => Traffic::add(&self.traffic.bytes_sent, *n as u64),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 self.write_stalled = true;
             }
+            Err(_) => {}
         }
         written
     }
@@ -181,6 +202,8 @@ pub struct Dial<'a> {
     pub write_timeout: Duration,
     /// HTTP CONNECT proxy to tunnel through, if any.
     pub proxy: Option<&'a Proxy>,
+    /// Where the connection's bytes are counted.
+    pub traffic: &'a Arc<Traffic>,
 }
 
 /// Lets the supervisor cut short an attempt it no longer wants (stop, reload, past its
@@ -263,13 +286,13 @@ pub fn connect(
             abort,
             connector,
             &dial.target.host,
-            tcp,
+            Socket::new(tcp, Arc::clone(dial.traffic)),
             &control,
             deadline,
         )?)),
         #[cfg(not(feature = "tls"))]
         Some(connector) => match *connector {},
-        None => Stream::Plain(Socket::new(tcp)),
+        None => Stream::Plain(Socket::new(tcp, Arc::clone(dial.traffic))),
     };
     abort.enter(Stage::Upgrade);
     let (ws, subprotocol) = upgrade(dial, stream, &control, deadline)?;
@@ -366,13 +389,13 @@ fn handshake_tls(
     abort: &Abort,
     connector: &Connector,
     host: &str,
-    tcp: TcpStream,
+    socket: Socket,
     control: &TcpStream,
     deadline: Instant,
 ) -> Result<TlsStream<Socket>, ConnectError> {
     abort.enter(Stage::Tls);
     set_timeouts(control, deadline, Stage::Tls)?;
-    let mut attempt = connector.connect(host, Socket::new(tcp));
+    let mut attempt = connector.connect(host, socket);
     loop {
         match attempt {
             Ok(stream) => return Ok(stream),

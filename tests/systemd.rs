@@ -168,7 +168,7 @@ fn raw_status(path: &Path) -> Option<HashMap<String, String>> {
 }
 
 /// The status file's keys, in the contract's order.
-const STATUS_KEYS: [&str; 7] = [
+const STATUS_KEYS: [&str; 11] = [
     "state",
     "url",
     "since_unix_ms",
@@ -176,6 +176,10 @@ const STATUS_KEYS: [&str; 7] = [
     "reconnects",
     "dropped",
     "last_error",
+    "ping_interval_ms",
+    "heartbeats",
+    "bytes_sent",
+    "bytes_received",
 ];
 
 /// The status file as a shell sees it after `. FILE`, without running one. Each line must be
@@ -778,7 +782,7 @@ fn status_file_reports_the_last_error() {
     );
     assert!(failing["rtt_ms"].is_empty(), "{failing:?}");
     let text = std::fs::read_to_string(&path).expect("read status");
-    assert_eq!(text.lines().count(), 7, "{text:?}");
+    assert_eq!(text.lines().count(), STATUS_KEYS.len(), "{text:?}");
     wsbeat.signal(libc::SIGTERM);
     assert_eq!(wsbeat.wait_exit(WAIT()), Some(0));
 }

@@ -190,6 +190,17 @@ impl Liveness {
         self.proven
     }
 
+    /// Latest moment something counting as an answer arrived (any frame, unless
+    /// `--strict-pong`): the end of the current idle gap.
+    pub fn last_proof(&self) -> Option<Instant> {
+        self.answered_at
+    }
+
+    /// No heartbeat is waiting for its answer.
+    pub fn all_answered(&self) -> bool {
+        self.unanswered.is_empty()
+    }
+
     /// Origin of the timestamps in ping payloads.
     pub fn base(&self) -> Instant {
         self.base

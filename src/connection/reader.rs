@@ -16,6 +16,7 @@ use super::liveness::{self, Proof, SharedLiveness};
 use super::socket::{Drain, SharedSocket};
 use crate::delivery::{BATCH_BYTES, Delivery};
 use crate::events::{ConnId, Event, Observer};
+use crate::traffic::Traffic;
 
 /// Most messages drained per lock acquisition, so waiting writers get their turn;
 /// also at most [`BATCH_BYTES`] of text, so the reader holds little beyond the
@@ -27,6 +28,8 @@ pub const BATCH: usize = 32;
 enum Ending {
     /// The server sent a Close frame (already answered).
     Closed(Option<CloseFrame>),
+    /// The peer dropped the TCP connection (FIN or RST, no Close frame).
+    Dropped(String),
     /// Anything else that makes the connection unusable.
     Dead(String),
 }
@@ -51,6 +54,8 @@ pub struct Reader {
     pub generation: u64,
     /// The supervisor's channel.
     pub events: Sender<Event>,
+    /// Received messages are counted here.
+    pub traffic: Arc<Traffic>,
 }
 
 impl Reader {
@@ -66,7 +71,19 @@ impl Reader {
             Ending::Dead(reason) => Event::Dead {
                 conn: self.conn,
                 reason,
+                idle: None,
             },
+            Ending::Dropped(reason) => {
+                // How long the connection had been quiet when the peer (or a proxy or
+                // NAT on the way) dropped it: an idle timeout shows up here.
+                let live = liveness::lock(&self.liveness);
+                let quiet_since = live.last_proof().unwrap_or(live.base());
+                Event::Dead {
+                    conn: self.conn,
+                    reason,
+                    idle: Some(Instant::now().saturating_duration_since(quiet_since)),
+                }
+            }
         };
         let _ = self.events.send(event);
     }
@@ -106,6 +123,7 @@ impl Reader {
     /// slows the server down. Meanwhile the heartbeat must not count unread
     /// answers as missing, so the liveness is paused for the wait.
     fn deliver(&self, texts: &mut Vec<String>) {
+        Traffic::add(&self.traffic.messages_received, texts.len() as u64);
         let waited = self.delivery.push(texts, self.generation, || {
             log::debug!("output buffer full: reading paused until stdout catches up");
             liveness::lock(&self.liveness).pause();
@@ -236,11 +254,22 @@ fn fail<S: Drain>(ws: &mut WebSocket<S>, err: tungstenite::Error) -> Ending {
     use tungstenite::error::ProtocolError;
     let (code, reason, why) = match err {
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            return Ending::Dead("connection closed by server".into());
+            return Ending::Dropped("connection closed by server".into());
         }
         tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             // A server restart or a proxy's idle cut: FIN without a Close frame.
-            return Ending::Dead("server closed the TCP connection without a Close frame".into());
+            return Ending::Dropped(
+                "server closed the TCP connection without a Close frame".into(),
+            );
+        }
+        tungstenite::Error::Io(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            // Also what a heartbeat meets when a NAT on the way has forgotten the flow.
+            return Ending::Dropped(format!("read: {err}"));
         }
         tungstenite::Error::Io(err) => return Ending::Dead(format!("read: {err}")),
         tungstenite::Error::Capacity(err) => (

@@ -20,9 +20,11 @@ use tungstenite::{Bytes, Message};
 
 use super::liveness::{SharedLiveness, encode_ping, lock};
 use super::socket::SharedSocket;
+use crate::adaptive::{self, SharedAdaptive};
 use crate::config::HeartbeatMode;
 use crate::events::{ConnId, Event};
 use crate::outbox::Outbox;
+use crate::traffic::Traffic;
 
 /// What the supervisor (and the outbox) ask the heartbeat thread to do.
 #[derive(Debug)]
@@ -44,6 +46,9 @@ pub struct Schedule {
     pub ping_text: String,
     /// Send the first heartbeat at once (`--once`) instead of after one interval.
     pub immediate: bool,
+    /// `--ping-interval auto`: a heartbeat is due once the learned interval has
+    /// passed with nothing received, and each answer teaches the learning rule.
+    pub adaptive: Option<SharedAdaptive>,
 }
 
 /// Most bytes of lines written per lock of the socket: one `write(2)` for a burst
@@ -66,6 +71,8 @@ pub struct Writer {
     pub commands: Receiver<Command>,
     /// The supervisor's channel.
     pub events: Sender<Event>,
+    /// Heartbeats and lines sent are counted here.
+    pub traffic: Arc<Traffic>,
 }
 
 impl Writer {
@@ -81,25 +88,51 @@ impl Writer {
         };
         let schedule = &self.schedule;
         let start = Instant::now();
-        let mut next_ping = match (schedule.immediate, schedule.interval.is_zero()) {
+        // Fixed interval: the next heartbeat keeps the cadence. Adaptive: computed at
+        // every turn from how long nothing has been received.
+        let mut next_fixed = match (schedule.immediate, schedule.interval.is_zero()) {
             (true, _) => Some(start),
             (false, true) => None,
             (false, false) => Some(start + schedule.interval),
         };
+        let mut last_ping: Option<Instant> = None;
+        // Adaptive: the idle gap before the heartbeat still waiting for its answer.
+        let mut probe: Option<Duration> = None;
         let mut seq: u64 = 0;
         let mut lines_waiting = false;
         let mut closing = false;
-        let failed = loop {
+        let (failed, idle) = loop {
             let now = Instant::now();
-            let deadline = {
+            let (deadline, last_proof, all_answered) = {
                 let live = lock(&self.liveness);
                 if live.is_dead(now) {
-                    break format!(
+                    let reason = format!(
                         "no heartbeat answer within --pong-timeout ({} ms)",
                         pong_timeout.as_millis()
                     );
+                    break (reason, probe);
                 }
-                live.deadline()
+                (live.deadline(), live.last_proof(), live.all_answered())
+            };
+            let next_ping = match &schedule.adaptive {
+                None => next_fixed,
+                Some(adaptive) => {
+                    let mut adaptive = adaptive::lock(adaptive);
+                    if let Some(gap) = probe.filter(|_| all_answered) {
+                        adaptive.on_answered(gap, last_proof.unwrap_or(now));
+                        probe = None;
+                    }
+                    adaptive.on_time(now);
+                    if schedule.immediate && last_ping.is_none() {
+                        Some(start)
+                    } else {
+                        let idle_since = [Some(start), last_proof, last_ping]
+                            .into_iter()
+                            .flatten()
+                            .max();
+                        idle_since.map(|since| since + adaptive.interval())
+                    }
+                }
             };
             if let Some(due) = next_ping.filter(|&due| now >= due) {
                 seq += 1;
@@ -112,12 +145,18 @@ impl Writer {
                     }
                     HeartbeatMode::Text => Message::text(schedule.ping_text.clone()),
                 };
+                if schedule.adaptive.is_some() {
+                    let quiet_since = last_proof.unwrap_or(start).max(start);
+                    probe = Some(now.saturating_duration_since(quiet_since));
+                }
+                last_ping = Some(now);
+                Traffic::add(&self.traffic.heartbeats, 1);
                 if let Err(err) = self.socket.write(|ws| ws.send(message)) {
-                    break describe_write_error(err);
+                    break (describe_write_error(err), None);
                 }
                 // Keep the cadence, but never catch up on missed beats in a burst.
                 let next = due + schedule.interval;
-                next_ping = Some(if next > Instant::now() {
+                next_fixed = Some(if next > Instant::now() {
                     next
                 } else {
                     Instant::now() + schedule.interval
@@ -132,7 +171,7 @@ impl Writer {
                     continue;
                 }
                 if let Err(err) = self.write_lines(batch) {
-                    break describe_write_error(err);
+                    break (describe_write_error(err), None);
                 }
                 // A long burst does not hold back a Close or the end of the connection.
                 match self.commands.try_recv() {
@@ -169,7 +208,7 @@ impl Writer {
                         }))
                     });
                     if let Err(err) = closed {
-                        break describe_write_error(err);
+                        break (describe_write_error(err), None);
                     }
                 }
             }
@@ -177,6 +216,7 @@ impl Writer {
         let _ = self.events.send(Event::Dead {
             conn: self.conn,
             reason: failed,
+            idle,
         });
     }
 
@@ -184,6 +224,7 @@ impl Writer {
     /// take go back to the front of the outbox; a line it took may have reached
     /// the server and is not sent twice.
     fn write_lines(&self, batch: Vec<String>) -> Result<(), tungstenite::Error> {
+        let count = batch.len();
         let mut lines = VecDeque::from(batch);
         let written = self.socket.write(|ws| {
             while let Some(line) = lines.pop_front() {
@@ -198,6 +239,10 @@ impl Writer {
             }
             ws.flush()
         });
+        let unsent = lines.len();
+        if written.is_ok() {
+            Traffic::add(&self.traffic.messages_sent, (count - unsent) as u64);
+        }
         self.outbox.taken_done(lines.into());
         written
     }
