@@ -9,7 +9,8 @@
 #   scripts/install-peers.sh --only-websocat
 #
 # Layout:
-#   target/peers/venv/bin/python        Python with `websockets`
+#   target/peers/venv/bin/python        Python with `websockets` and `prometheus_client`
+#                                       (its text parser checks --metrics-file in the tests)
 #   target/peers/node/node_modules/ws   Node `ws`
 #   target/peers/websocat/bin/websocat  (optional)
 #   nginx, openssl, node on PATH (Debian packages)
@@ -21,6 +22,7 @@ mkdir -p "$peers"
 
 # Versions: majors pinned, so a new major never changes a benchmark silently.
 PY_WEBSOCKETS_SPEC='websockets>=14,<18'
+PY_PROMETHEUS_SPEC='prometheus_client>=0.17,<1'
 NODE_WS_SPEC='ws@8'
 WEBSOCAT_VERSION='1'
 
@@ -81,6 +83,11 @@ install_base() {
     python3 -m venv "$peers/venv"
     timeout 600 "$peers/venv/bin/python" -m pip install -q --disable-pip-version-check "$PY_WEBSOCKETS_SPEC"
   fi
+  # Added later than the venv: a venv made before has websockets only.
+  if ! "$peers/venv/bin/python" -c 'import prometheus_client.parser' >/dev/null 2>&1; then
+    log "pip install $PY_PROMETHEUS_SPEC"
+    timeout 600 "$peers/venv/bin/python" -m pip install -q --disable-pip-version-check "$PY_PROMETHEUS_SPEC"
+  fi
 
   # Node ws.
   if [ ! -f "$peers/node/node_modules/ws/package.json" ]; then
@@ -110,6 +117,7 @@ install_websocat() {
 # Report what is there.
 {
   echo "python: $("$peers/venv/bin/python" -c 'import websockets,sys; print(sys.version.split()[0], "websockets", websockets.__version__)' 2>/dev/null || echo missing)"
+  echo "prometheus_client: $("$peers/venv/bin/python" -c 'from importlib.metadata import version; print(version("prometheus_client"))' 2>/dev/null || echo missing)"
   echo "node: $(node --version 2>/dev/null || echo missing) ws $(node -p "require('$peers/node/node_modules/ws/package.json').version" 2>/dev/null || echo missing)"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*nginx\///' || echo missing)"
   echo "openssl: $(openssl version 2>/dev/null || echo missing)"

@@ -3,11 +3,14 @@
 mod util;
 
 mod backpressure;
+mod cellular;
 mod cli;
 mod data;
 mod hardening;
 mod heartbeat;
 mod hostile;
+mod link_watch;
+mod nat;
 mod network;
 mod reconnect;
 mod systemd;

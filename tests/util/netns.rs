@@ -319,3 +319,135 @@ impl Pair {
         Pair { dev, srv }
     }
 }
+
+/// The device side of a [`Nat`].
+pub const NAT_DEV4: &str = "10.231.1.1";
+/// The router's address towards the device (the device's default gateway).
+pub const NAT_GW4: &str = "10.231.1.254";
+/// The router's address towards the server: what the server sees as the device's.
+pub const NAT_OUT4: &str = "10.231.2.254";
+/// The server side of a [`Nat`].
+pub const NAT_SRV4: &str = "10.231.2.2";
+
+/// `/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established`.
+const CT_ESTABLISHED: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established";
+
+/// A kernel NAT between a device and a server, as a carrier's or a home router's: `dev`
+/// (10.231.1.1, default route via the router) — `router` (forwarding, nftables masquerade out
+/// of `veth2`, conntrack with `nf_conntrack_tcp_loose=0`, invalid state dropped) — `srv`
+/// (10.231.2.2, with no route back to the device's network: only the masquerade makes
+/// connections work). With an idle timeout `T`, the router's conntrack forgets an established
+/// TCP flow after `T` without a segment, and the device's next segment is dropped as invalid:
+/// the silent loss of a carrier NAT.
+#[derive(Debug)]
+pub struct Nat {
+    /// Where the client runs.
+    pub dev: Netns,
+    /// The NAT box.
+    pub router: Netns,
+    /// Where the server listens.
+    pub srv: Netns,
+}
+
+impl Nat {
+    /// The three namespaces and links; `idle_timeout` sets the router's
+    /// `nf_conntrack_tcp_timeout_established` (whole seconds; `None` keeps the kernel's 5 days).
+    pub fn new(idle_timeout: Option<Duration>) -> Nat {
+        let dev = Netns::new("dev");
+        let router = Netns::new("rtr");
+        let srv = Netns::new("srv");
+        dev.ip(&[
+            "link",
+            "add",
+            "veth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+            "netns",
+            &router.name,
+        ]);
+        router.ip(&[
+            "link", "add", "veth2", "type", "veth", "peer", "name", "veth3", "netns", &srv.name,
+        ]);
+        for (ns, link, addr) in [
+            (&dev, "veth0", NAT_DEV4),
+            (&router, "veth1", NAT_GW4),
+            (&router, "veth2", NAT_OUT4),
+            (&srv, "veth3", NAT_SRV4),
+        ] {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", link]);
+            ns.ip(&["link", "set", link, "up"]);
+        }
+        dev.ip(&["route", "add", "default", "via", NAT_GW4]);
+        // The first rule that names conntrack makes sure it is set up in this namespace.
+        router.nft(
+            "table ip wsbeat_nat {\n\
+             \tchain forward {\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tct state invalid counter drop\n\
+             \t}\n\
+             \tchain postrouting {\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\toifname \"veth2\" masquerade\n\
+             \t}\n\
+             }\n",
+        );
+        let host_timeout = std::fs::read_to_string(CT_ESTABLISHED).ok();
+        let timeout = idle_timeout.map(|t| t.as_secs().max(1).to_string());
+        let written = router.within(move || {
+            let mut settings = vec![
+                ("/proc/sys/net/ipv4/ip_forward", "1".to_string()),
+                ("/proc/sys/net/netfilter/nf_conntrack_tcp_loose", "0".into()),
+            ];
+            if let Some(timeout) = timeout {
+                settings.push((CT_ESTABLISHED, timeout));
+            }
+            for (path, value) in &settings {
+                std::fs::write(path, value).map_err(|e| format!("{path}: {e}"))?;
+                let now = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+                if now.trim() != value {
+                    return Err(format!("{path} reads {now:?} after writing {value}"));
+                }
+            }
+            Ok::<(), String>(())
+        });
+        // The conntrack timeouts are per network namespace on every kernel this runs on; a
+        // kernel where they were global would have just changed the host's NAT behaviour.
+        let host_after = std::fs::read_to_string(CT_ESTABLISHED).ok();
+        if host_after != host_timeout {
+            if let Some(before) = &host_timeout {
+                let _ = std::fs::write(CT_ESTABLISHED, before);
+            }
+            panic!(
+                "nf_conntrack_tcp_timeout_established is not per namespace on this kernel \
+                 (the host's changed from {host_timeout:?}; restored)"
+            );
+        }
+        if let Err(err) = written {
+            panic!("router sysctls: {err}");
+        }
+        // Refused (nothing on port 9) once the whole path, NAT included, forwards.
+        dev.wait_answered(&[NAT_SRV4]);
+        Nat { dev, router, srv }
+    }
+}
+
+impl Nat {
+    /// Segments the router dropped as invalid: those of flows its conntrack had forgotten.
+    pub fn invalid_dropped(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.router.name, "nft", "list", "chain"])
+            .args(["ip", "wsbeat_nat", "forward"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("nft list chain");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("counter packets ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no drop counter in:\n{text}"))
+    }
+}

@@ -24,8 +24,10 @@ use std::sync::{Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Registered test threads: id → (test name, first call into `util`).
-static RUNNING: Mutex<Option<HashMap<u64, (String, Instant)>>> = Mutex::new(None);
+/// Registered test threads: id → (test name, first call into `util`, a longer budget if
+/// the test asked for one with [`extend`]).
+type Tests = HashMap<u64, (String, Instant, Option<Duration>)>;
+static RUNNING: Mutex<Option<Tests>> = Mutex::new(None);
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 static START: Once = Once::new();
 
@@ -36,6 +38,19 @@ thread_local! {
 /// Puts the calling test's thread under the watchdog (once per thread; cheap after that).
 pub fn watch() {
     REGISTRATION.with(|_| {});
+}
+
+/// Gives the calling test `total` instead of [`budget`] (counted from its first call into
+/// `util`), for the few tests that must watch a real clock for minutes (a NAT's idle timeout).
+/// The caller scales `total`; the default budget still applies if it is the longer one.
+pub fn extend(total: Duration) {
+    watch();
+    let id = REGISTRATION.with(|r| r.0);
+    if let (Some(id), Some(map)) = (id, lock().as_mut()) {
+        if let Some(entry) = map.get_mut(&id) {
+            entry.2 = Some(total);
+        }
+    }
 }
 
 /// The budget of one test.
@@ -67,7 +82,7 @@ impl Registration {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         lock()
             .get_or_insert_with(HashMap::new)
-            .insert(id, (name, Instant::now()));
+            .insert(id, (name, Instant::now(), None));
         Registration(Some(id))
     }
 }
@@ -83,7 +98,7 @@ impl Drop for Registration {
 }
 
 /// A poisoned lock only means a test panicked while holding it; the map is still good.
-fn lock() -> std::sync::MutexGuard<'static, Option<HashMap<u64, (String, Instant)>>> {
+fn lock() -> std::sync::MutexGuard<'static, Option<Tests>> {
     RUNNING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -92,11 +107,12 @@ fn check_forever() {
     loop {
         thread::sleep(Duration::from_secs(1));
         let overrun = lock().as_ref().and_then(|map| {
-            map.values()
-                .find(|(_, since)| since.elapsed() > budget)
-                .map(|(name, since)| (name.clone(), since.elapsed()))
+            map.values().find_map(|(name, since, extended)| {
+                let budget = extended.map_or(budget, |extended| extended.max(budget));
+                (since.elapsed() > budget).then(|| (name.clone(), since.elapsed(), budget))
+            })
         });
-        if let Some((name, ran)) = overrun {
+        if let Some((name, ran, budget)) = overrun {
             give_up(&name, ran, budget);
         }
     }

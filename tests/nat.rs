@@ -1,0 +1,255 @@
+//! `--ping-interval auto` behind a real kernel NAT (issue 13, "Tests and numbers on a real
+//! NAT"): device namespace — router namespace (nftables masquerade, conntrack with a short
+//! `nf_conntrack_tcp_timeout_established` `T`, `nf_conntrack_tcp_loose=0`, invalid state
+//! dropped) — server namespace; see [`Nat`]. The NAT forgets a flow idle for `T` and then
+//! drops the device's next segment without a word, as carrier NATs do.
+//!
+//! Scaled down to fit CI: `T` = 12 s with `auto:3s..60s` instead of minutes with the default
+//! `auto:15s..5m`. The two tests run side by side in about 2 minutes (the settling one
+//! dominates: its learning loses two or three connections, each costing the probe's gap
+//! plus the 2 s `--pong-timeout`, then 30 s of proof that it holds).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::cellular::{number, seen, status};
+use crate::util::netns::{self, NAT_SRV4, Nat};
+use crate::util::server::{Behavior, Event, Server};
+use crate::util::{Running, TempDir, Wsbeat, poll_until, scaled, watchdog};
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A server in the NAT's server namespace and `wsbeat` in its device namespace, with a
+/// status file; `auto` is the `--ping-interval` value.
+fn start(nat: &Nat, auto: &str, dir: &TempDir) -> (Server, Running) {
+    let listener = nat.srv.bind(format!("{NAT_SRV4}:0").parse().unwrap());
+    let server = Server::start_on(listener, Behavior::default());
+    let w = Wsbeat::new()
+        .in_netns(nat.dev.name())
+        .args(["--ping-interval", auto, "--pong-timeout", "2s"])
+        .args(["--backoff-initial", "200ms", "--backoff-max", "2s"])
+        .arg("--status-file")
+        .arg(dir.join("status"))
+        .arg(format!("ws://{NAT_SRV4}:{}/", server.port()))
+        .stdin_null()
+        .spawn();
+    (server, w)
+}
+
+/// The current status snapshot; panics if it lacks the learned interval (as before `auto`
+/// was wired: the status file had no `ping_interval_ms`).
+fn snapshot(path: &Path) -> Option<HashMap<String, String>> {
+    let now = status(path)?;
+    number(&now, "ping_interval_ms");
+    Some(now)
+}
+
+/// The interval the status file reports, in ms.
+fn interval_ms(path: &Path) -> Option<u64> {
+    snapshot(path).map(|s| number(&s, "ping_interval_ms"))
+}
+
+/// Times of the pings the server saw on connection `conn`.
+fn pings_on(server: &Server, conn: usize) -> Vec<Instant> {
+    seen(server, |e| e.is_ping() && e.conn == conn)
+        .into_iter()
+        .map(|e| e.at)
+        .collect()
+}
+
+/// The gaps between heartbeats the server saw (from the upgrade), per connection, in seconds.
+fn gaps(server: &Server) -> String {
+    let upgrades = seen(server, Event::is_upgraded);
+    let mut text = Vec::new();
+    for upgrade in &upgrades {
+        let mut last = upgrade.at;
+        let mut line = Vec::new();
+        for at in pings_on(server, upgrade.conn) {
+            line.push(format!("{:.1}", at.duration_since(last).as_secs_f64()));
+            last = at;
+        }
+        text.push(format!("[{}]", line.join(" ")));
+    }
+    text.join(" ")
+}
+
+#[test]
+fn auto_heartbeat_settles_below_a_real_nat_idle_timeout() {
+    let name = "auto_heartbeat_settles_below_a_real_nat_idle_timeout";
+    if !netns::netns_available(name) {
+        return;
+    }
+    watchdog::extend(scaled(secs(200)));
+    let t = secs(12);
+    let band = (t.mul_f64(0.6), t);
+    let nat = Nat::new(Some(t));
+    let dir = TempDir::new();
+    let path = dir.join("status");
+    let started = Instant::now();
+    let (server, mut w) = start(&nat, "auto:3s..60s", &dir);
+    server.expect_upgrades(scaled(secs(10)), 1);
+
+    // Learning: 3 s, 6 s, 12 s… until a gap loses the flow; then a search between the
+    // longest gap answered and the shortest lost, settling in [0.6 T, T).
+    let in_band = |ms: u64| {
+        let d = Duration::from_millis(ms);
+        d >= band.0 && d < band.1
+    };
+    let settled = poll_until(scaled(secs(150)), || {
+        let now = snapshot(&path)?;
+        (now["state"] == "connected" && in_band(number(&now, "ping_interval_ms"))).then_some(now)
+    });
+    let Some(settled) = settled else {
+        panic!(
+            "the interval never settled in [{:?}, {:?}) within {:?}; status: {:?}\n{}\n{}",
+            band.0,
+            band.1,
+            scaled(secs(150)),
+            status(&path),
+            server.dump(),
+            w.output().dump()
+        );
+    };
+    let settled_after = started.elapsed();
+    let upgrades = server.upgrades();
+    let learned = number(&settled, "ping_interval_ms");
+    eprintln!(
+        "NAT T = {t:?}: interval {learned} ms after {settled_after:?}, {} connection(s) lost \
+         while learning",
+        upgrades - 1
+    );
+    // The rig works: the NAT did forget a flow (the search needs a lost gap to stop growing).
+    assert!(
+        upgrades >= 2,
+        "no connection was lost: is the NAT forgetting idle flows?\n{}",
+        server.dump()
+    );
+    assert!(
+        upgrades <= 5,
+        "too many connections lost\n{}",
+        server.dump()
+    );
+    // Lost silently: the router dropped the device's segments of the forgotten flow.
+    assert!(nat.invalid_dropped() > 0, "no invalid segment dropped");
+
+    // Settled: the connection stays up, the heartbeat going out after gaps in the band.
+    let hold = scaled(secs(30));
+    let hold_from = Instant::now();
+    let left = poll_until(hold, || {
+        let moved =
+            server.upgrades() != upgrades || interval_ms(&path).is_some_and(|ms| !in_band(ms));
+        moved.then_some(())
+    });
+    assert!(
+        left.is_none(),
+        "after settling at {learned} ms, the connection was lost or the interval left the band \
+         within {:?}; status {:?}\n{}\n{}",
+        hold_from.elapsed(),
+        status(&path),
+        server.dump(),
+        w.output().dump()
+    );
+    let last = seen(&server, Event::is_upgraded)
+        .last()
+        .map(|e| e.conn)
+        .expect("an upgrade");
+    let pings: Vec<Instant> = pings_on(&server, last)
+        .into_iter()
+        .filter(|&at| at >= hold_from)
+        .collect();
+    assert!(
+        pings.len() >= 2,
+        "too few heartbeats while holding: {pings:?}\n{}",
+        server.dump()
+    );
+    for pair in pings.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        // The gap at the server includes a round trip and scheduling on top of the interval.
+        assert!(
+            gap >= band.0 && gap < band.1 + scaled(Duration::from_millis(500)),
+            "heartbeat gap {gap:?} outside [{:?}, {:?})\n{}",
+            band.0,
+            band.1,
+            server.dump()
+        );
+    }
+    eprintln!(
+        "heartbeat gaps at the server, per connection: {}",
+        gaps(&server)
+    );
+    eprintln!(
+        "held for {:?} with {} heartbeats; whole test {:?}",
+        hold_from.elapsed(),
+        pings.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn auto_heartbeat_grows_to_max_where_the_nat_never_forgets() {
+    let name = "auto_heartbeat_grows_to_max_where_the_nat_never_forgets";
+    if !netns::netns_available(name) {
+        return;
+    }
+    watchdog::extend(scaled(secs(120)));
+    // The kernel's own timeout (5 days), far above MAX.
+    let nat = Nat::new(None);
+    let dir = TempDir::new();
+    let path = dir.join("status");
+    let started = Instant::now();
+    let (server, mut w) = start(&nat, "auto:3s..24s", &dir);
+    server.expect_upgrades(scaled(secs(10)), 1);
+    // 3 s, 6 s, 12 s answered (21 s), then the first 24 s gap: answered at about 45 s.
+    let max = secs(24);
+    let long_gap = poll_until(scaled(secs(70)), || {
+        let pings = pings_on(&server, 0);
+        pings
+            .windows(2)
+            .map(|pair| pair[1].duration_since(pair[0]))
+            .find(|&gap| gap >= max)
+    });
+    let Some(long_gap) = long_gap else {
+        panic!(
+            "no heartbeat after a {max:?} gap; status {:?}\n{}\n{}",
+            status(&path),
+            server.dump(),
+            w.output().dump()
+        );
+    };
+    assert!(
+        long_gap < max + scaled(secs(1)),
+        "gap {long_gap:?}\n{}",
+        server.dump()
+    );
+    // Answered: the connection outlives the pong timeout after it, and the status says 24 s.
+    let answered = poll_until(scaled(secs(5)), || {
+        (interval_ms(&path) == Some(24_000)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let output = w.output();
+    assert!(
+        answered.is_some(),
+        "the status never said 24000 ms: {:?}\n{}",
+        status(&path),
+        output.dump()
+    );
+    assert_eq!(
+        server.upgrades(),
+        1,
+        "a connection was lost\n{}",
+        server.dump()
+    );
+    assert!(
+        !output.stderr.contains("connection lost"),
+        "{}",
+        output.dump()
+    );
+    eprintln!(
+        "no NAT timeout: a {long_gap:?} gap answered after {:?}; gaps {}",
+        started.elapsed(),
+        gaps(&server)
+    );
+}
