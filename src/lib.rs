@@ -9,8 +9,10 @@
 //! # In scope
 //! One client connection, `ws://` and `wss://` (native-tls), control or text
 //! heartbeats, stdin lines out and server text messages in, systemd
-//! notification, a status file, Happy Eyeballs on dual-stack hosts, HTTP CONNECT
-//! proxies. Plain std threads; no async runtime.
+//! notification, a status file and Prometheus metrics, Happy Eyeballs on
+//! dual-stack hosts, HTTP CONNECT proxies, the kernel's address changes
+//! (rtnetlink), an adaptive heartbeat for metered links. Plain std threads; no
+//! async runtime.
 //!
 //! # Out of scope
 //! Servers, multiplexing, message acknowledgement (a line written to a socket
@@ -19,22 +21,25 @@
 //!
 //! # Anatomy
 //! ```text
-//!   stdin thread ──┐                     ┌── connect thread (one per attempt)
-//!  signals thread ─┼── Event channel ──> supervisor (owns all state, timers,
-//!   reader thread ─┤                     │   backoff, status file, sd_notify)
-//! heartbeat thread ┘                     └── Command channel ──> heartbeat thread
-//!
-//!   reader thread ──┐  SharedSocket (mutex, writers first)  ┌── heartbeat thread
-//!                   └────────── WebSocket<Stream> ──────────┘
+//!   stdin thread ── Outbox (waits when full and connected) ──────┐
+//!  signals thread ─┐                                             v
+//!      link watch ─┼─ Event channel ─> supervisor ─ Command ─> heartbeat thread (only writer)
+//!   reader thread ─┤                    │     ^ inputs  v actions
+//! heartbeat thread ┘                    │   machine (pure decisions, virtual-time tests)
+//!    connect thread (one per attempt) ──┘
+//!   reader thread ── Delivery (bytes-bounded) ──> output thread ──> stdout
 //! ```
-//! The reader waits for readability outside the lock; the heartbeat thread is
-//! the only writer of data frames and sleeps until its next ping or a command.
-//! Lines reach it through the [`outbox`] (stdin waits there while connected and
-//! full; drop-oldest while disconnected); received messages leave the reader
-//! through the [`delivery`] buffer to an output thread, so neither direction can
-//! stall the other or the heartbeat, and both are bounded in bytes.
-//! Every event carries its connection's id, so late events from a torn-down
-//! connection are ignored. The supervisor joins every thread it starts.
+//! The [`supervisor`] is a driver: every decision (reconnect delays, `--max-retries`,
+//! reload and stop in each phase, the watchdog) is made by the pure [`machine`],
+//! which reads no clock. Per connection ([`connection`]), the reader waits for
+//! readability outside the socket lock; the heartbeat thread is the only writer
+//! and sleeps until its next ping or a command. Lines reach it through the
+//! [`outbox`] (stdin waits there while connected and full; drop-oldest while
+//! disconnected); received messages leave the reader through the [`delivery`]
+//! buffer to an output thread, so neither direction can stall the other or the
+//! heartbeat, and both are bounded in bytes. Every event carries its
+//! connection's id, so late events from a torn-down connection are ignored. The
+//! supervisor joins every thread it starts.
 //!
 //! # Embedding
 //! ```no_run
