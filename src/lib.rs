@@ -78,25 +78,22 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod delivery;
-#[allow(unsafe_code)]
 pub mod dial;
 pub mod error;
 pub mod events;
 pub mod headers;
-#[allow(unsafe_code)]
 pub mod linkwatch;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
+#[allow(unsafe_code)]
+pub mod os;
 pub mod outbox;
 pub mod proxy;
 pub mod sd_notify;
-#[allow(unsafe_code)]
 pub mod signals;
 pub mod status_file;
-#[allow(unsafe_code)]
 pub mod stdin;
-#[allow(unsafe_code)]
 pub mod stdout;
 pub mod supervisor;
 #[cfg(feature = "tls")]
@@ -114,18 +111,6 @@ use error::ConfigError;
 pub use stdout::StdoutLines;
 use supervisor::{Ending, Supervisor, Systemd};
 
-/// glibc gives every thread that allocates its own arena; a client that moves a
-/// few messages a second gains nothing from that and pays for each arena in
-/// resident memory. Must run before other threads start.
-#[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only adjusts allocator parameters; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
 /// Runs the command-line client: signals, stdin, systemd, the supervisor.
 /// Returns how it ended; `Err` is a configuration file problem (exit 78).
 pub fn run(config: Config) -> Result<Ending, ConfigError> {
@@ -142,7 +127,9 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     if config.target.tls || config.client_cert.is_some() {
         tls::prefer_hashed_system_roots();
     }
-    limit_malloc_arenas();
+    // One arena: a client that moves a few messages a second gains nothing from one
+    // per thread and pays for each in resident memory. Before any thread starts.
+    os::limit_malloc_arenas();
     let once = config.once;
     let max_line = config.max_message_size;
     let stdout = match StdoutLines::new() {
