@@ -1,4 +1,6 @@
-//! End-to-end tests: the real `wsbeat` binary and library against in-process servers and a fault-injecting proxy.
+//! End-to-end tests: the real `wsbeat` binary and library against in-process servers and a
+//! fault-injecting proxy, and with the `interop` feature against third-party peers. One
+//! binary (`[[test]] name = "integration"`); helpers in `util`.
 
 mod util;
 
@@ -8,6 +10,9 @@ mod data;
 mod hardening;
 mod heartbeat;
 mod hostile;
+// Needs third-party peers (scripts/install-peers.sh); ripgrep gates its modules the same way.
+#[cfg(feature = "interop")]
+mod interop;
 mod network;
 mod reconnect;
 mod systemd;
