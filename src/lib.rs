@@ -29,13 +29,13 @@
 //!    connect thread (one per attempt) ──┘
 //!   reader thread ── Delivery (bytes-bounded) ──> output thread ──> stdout
 //! ```
-//! The [`supervisor`] is a driver: every decision (reconnect delays, `--max-retries`,
-//! reload and stop in each phase, the watchdog) is made by the pure [`machine`],
-//! which reads no clock. Per connection ([`connection`]), the reader waits for
+//! The [`Supervisor`] is a driver: every decision (reconnect delays, `--max-retries`,
+//! reload and stop in each phase, the watchdog) is made by the pure state machine (`machine`),
+//! which reads no clock. Per connection (`connection`), the reader waits for
 //! readability outside the socket lock; the heartbeat thread is the only writer
 //! and sleeps until its next ping or a command. Lines reach it through the
-//! [`outbox`] (stdin waits there while connected and full; drop-oldest while
-//! disconnected); received messages leave the reader through the [`delivery`]
+//! outbox (stdin waits there while connected and full; drop-oldest while
+//! disconnected); received messages leave the reader through the delivery
 //! buffer to an output thread, so neither direction can stall the other or the
 //! heartbeat, and both are bounded in bytes. Every event carries its
 //! connection's id, so late events from a torn-down connection are ignored. The
@@ -44,8 +44,7 @@
 //! # Embedding
 //! ```no_run
 //! use std::sync::Arc;
-//! use wsbeat::config::{parse_target, Config};
-//! use wsbeat::supervisor::{Observer, Supervisor};
+//! use wsbeat::{parse_target, Config, Observer, Supervisor};
 //!
 //! struct Print;
 //! impl Observer for Print {
@@ -73,43 +72,53 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod adaptive;
-pub mod backoff;
+// The modules are private: the public API is the re-exported set below, so an
+// internal type is not a semver promise. `config`, `headers`, `logging` and
+// `linkwatch` stay reachable (hidden) for the binary, the fuzz targets and tests.
+mod adaptive;
+mod backoff;
+#[doc(hidden)]
 pub mod config;
-pub mod connection;
-pub mod delivery;
-pub mod dial;
-pub mod error;
-pub mod events;
+mod connection;
+mod delivery;
+mod dial;
+mod error;
+mod events;
+#[doc(hidden)]
 pub mod headers;
+#[doc(hidden)]
 pub mod linkwatch;
+#[doc(hidden)]
 pub mod logging;
-pub mod machine;
-pub mod metrics;
+mod machine;
+mod metrics;
 #[allow(unsafe_code)]
-pub mod os;
-pub mod outbox;
-pub mod proxy;
-pub mod sd_notify;
-pub mod signals;
-pub mod status_file;
-pub mod stdin;
-pub mod stdout;
-pub mod supervisor;
+mod os;
+mod outbox;
+mod proxy;
+mod sd_notify;
+mod signals;
+mod status_file;
+mod stdin;
+mod stdout;
+mod supervisor;
 #[cfg(feature = "tls")]
-pub mod tls;
+mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
-pub mod tls;
-pub mod traffic;
-pub mod transport;
+mod tls;
+mod traffic;
+mod transport;
+
+pub use backoff::{Random, SplitMix64};
+pub use config::{Config, HeartbeatMode, Target, parse_target};
+pub use error::{ConfigError, ConnectError, Exit, Stage, UsageError};
+pub use events::{ConnId, Ending, Observer};
+pub use status_file::{State, Status};
+pub use stdout::StdoutLines;
+pub use supervisor::{Handle, Supervisor, Systemd};
 
 use std::sync::Arc;
-
-use config::Config;
-use error::ConfigError;
-pub use stdout::StdoutLines;
-use supervisor::{Ending, Supervisor, Systemd};
 
 /// Runs the command-line client: signals, stdin, systemd, the supervisor.
 /// Returns how it ended; `Err` is a configuration file problem (exit 78).

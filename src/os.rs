@@ -382,6 +382,7 @@ pub fn set_signal_pipe(fd: Option<BorrowedFd<'_>>) {
     SIGNAL_PIPE.store(fd.map_or(-1, |fd| fd.as_raw_fd()), Ordering::SeqCst);
 }
 
+#[cfg(test)]
 /// Whether caught signals have a pipe to go to.
 pub fn signal_pipe_set() -> bool {
     SIGNAL_PIPE.load(Ordering::SeqCst) >= 0
@@ -412,6 +413,7 @@ pub fn set_signal(signo: libc::c_int, disposition: Disposition) -> io::Result<()
     Ok(())
 }
 
+#[cfg(test)]
 /// Sends `signo` to the calling thread (tests); `raise(3)`'s return value.
 pub fn raise_raw(signo: libc::c_int) -> libc::c_int {
     // SAFETY: raise takes no pointers.
@@ -444,6 +446,7 @@ pub fn limit_malloc_arenas() -> bool {
 /// Sets environment variables, only while the process has one thread (checked:
 /// `setenv` races with any other thread reading the environment); returns whether
 /// it did.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub fn set_env_single_threaded(vars: &[(&str, &OsStr)]) -> bool {
     if thread_count() != Some(1) {
         return false;
