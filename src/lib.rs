@@ -96,6 +96,7 @@ mod metrics;
 mod os;
 mod outbox;
 mod proxy;
+mod report;
 mod sd_notify;
 mod signals;
 mod status_file;
