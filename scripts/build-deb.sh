@@ -163,6 +163,13 @@ if [ "$1" = configure ]; then
     # fails when the file is missing: create an empty, root-only one.
     install -d -m 0700 /etc/wsbeat
     [ -e /etc/wsbeat/headers ] || install -m 0600 /dev/null /etc/wsbeat/headers
+    # As dh_installsystemd --no-enable does: record the links `systemctl enable` would
+    # make (multi-user.target.wants/), so that purge removes them even when the admin
+    # enabled the service by hand; and undo the mask a `remove` left.
+    if command -v deb-systemd-helper >/dev/null; then
+        deb-systemd-helper unmask wsbeat.service >/dev/null || true
+        deb-systemd-helper update-state wsbeat.service >/dev/null || true
+    fi
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true
         # Upgrade: a running service restarts on the new binary; a stopped one stays stopped.
@@ -190,8 +197,13 @@ set -e
 if [ -d /run/systemd/system ]; then
     systemctl --system daemon-reload >/dev/null || true
 fi
+# remove: the admin's enable links stay (the unit is masked meanwhile); purge: they go.
+if [ "$1" = remove ] && command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper mask wsbeat.service >/dev/null || true
+fi
 if [ "$1" = purge ] && command -v deb-systemd-helper >/dev/null; then
     deb-systemd-helper purge wsbeat.service >/dev/null || true
+    deb-systemd-helper unmask wsbeat.service >/dev/null || true
 fi
 if [ "$1" = purge ]; then
     rm -f /etc/wsbeat/headers
