@@ -35,6 +35,8 @@
 #   denials    the unit's journal has no SIGSYS / EPERM / EACCES / EAFNOSUPPORT
 #   no-config  without /etc/default/wsbeat: exit 64, stays failed (no restart loop)
 #   no-headers without /etc/wsbeat/headers: 243/CREDENTIALS, stays failed (no restart loop)
+#   remove     dpkg -r of the running service: stopped, configuration kept; dpkg -i again:
+#              still enabled (the unit was masked meanwhile), connects with the kept token
 #   purge      dpkg --purge of the running service: stopped, and no file left that was not
 #              there before dpkg -i (names under /etc /usr /var /run /opt /srv /root /home)
 #
@@ -61,7 +63,7 @@ OUT=${OUT:-$TD/systemd-test}
 URL=ws://127.0.0.1:$PORT/ws
 T_START=$SECONDS
 
-NPASS=0 NFAIL=0 NSPAWN_PID= LEADER= R= SLEEP_PID=
+NPASS=0 NFAIL=0 NSPAWN_PID='' LEADER='' R='' SLEEP_PID=''
 
 log()  { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die()  { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
@@ -252,9 +254,10 @@ out=$(C dpkg -i /var/tmp/wsbeat.deb 2>&1); rc=$?
 printf '%s\n' "$out" >"$OUT/dpkg-install.log"
 modes=$(C stat -c '%n %a %s' /usr/bin/wsbeat /lib/systemd/system/wsbeat.service /etc/default/wsbeat \
   /etc/wsbeat /etc/wsbeat/headers /usr/share/man/man1/wsbeat.1.gz 2>&1)
-want="/usr/bin/wsbeat 755 * /lib/systemd/system/wsbeat.service 644 * /etc/default/wsbeat 600 * /etc/wsbeat 700 * /etc/wsbeat/headers 600 0 /usr/share/man/man1/wsbeat.1.gz 644 *"
+flat=$(printf '%s\n' "$modes" | tr '\n' ' ')
+want="/usr/bin/wsbeat 755 * /lib/systemd/system/wsbeat.service 644 * /etc/default/wsbeat 600 * /etc/wsbeat 700 * /etc/wsbeat/headers 600 0 /usr/share/man/man1/wsbeat.1.gz 644 * "
 # shellcheck disable=SC2053 # glob match on purpose (sizes vary)
-if [ "$rc" = 0 ] && [[ "$(echo $modes)" == $want ]] && C dpkg -s wsbeat 2>/dev/null | grep -qx 'Status: install ok installed'; then
+if [ "$rc" = 0 ] && [[ $flat == $want ]] && C dpkg -s wsbeat 2>/dev/null | grep -qx 'Status: install ok installed'; then
   pass install "dpkg -i $(basename "$DEB"): $(echo "$modes" | awk '{printf "%s %s, ", $1, $2}')postinst: $(printf '%s' "$out" | grep -m1 '^wsbeat:')"
 else
   fatal install "dpkg -i rc=$rc: $(printf '%s' "$out" | tail -n 3 | oneline) files: $(echo "$modes" | oneline)"
@@ -262,8 +265,7 @@ fi
 
 # --man=no: the minimal image has no man-db to look up Documentation=man:wsbeat(1) (the
 # install check above saw the page; scripts/check-unit.sh resolves the reference).
-out=$(C systemd-analyze verify --man=no wsbeat.service 2>&1)
-if [ $? = 0 ] && ! printf '%s' "$out" | grep -q .; then
+if out=$(C systemd-analyze verify --man=no wsbeat.service 2>&1) && [ -z "$out" ]; then
   pass verify "systemd-analyze verify wsbeat.service: no complaints"
 else
   fail verify "systemd-analyze verify: $(printf '%s' "$out" | oneline)"
@@ -432,8 +434,23 @@ C mv /etc/wsbeat/headers /etc/wsbeat/headers.moved
 stays_failed no-headers 243 "without /etc/wsbeat/headers (243/CREDENTIALS)"
 C mv /etc/wsbeat/headers.moved /etc/wsbeat/headers
 
-# ---------------------------------------------------------------- purge
+# ---------------------------------------------------------------- remove, reinstall, purge
 C systemctl start wsbeat.service
+out=$(C dpkg -r wsbeat 2>&1); rc=$?
+printf '%s\n' "$out" >"$OUT/dpkg-remove.log"
+kept=$(C stat -c %n /etc/default/wsbeat /etc/wsbeat/headers 2>&1 | oneline)
+procs=$(C pgrep -x wsbeat)
+m=$(srvmark)
+out2=$(C dpkg -i /var/tmp/wsbeat.deb 2>&1); rc2=$?
+enabled=$(C systemctl is-enabled wsbeat.service 2>&1)
+C systemctl start wsbeat.service
+if [ "$rc" = 0 ] && [ -z "$procs" ] && [ "$kept" = "/etc/default/wsbeat|/etc/wsbeat/headers|" ] &&
+  [ "$rc2" = 0 ] && [ "$enabled" = enabled ] && wait_until 10 srv_has "$m" "CONNECT .*Bearer $TOKEN"; then
+  pass remove "dpkg -r stopped it and kept the configuration; dpkg -i again: still enabled, connects with the kept token"
+else
+  fail remove "dpkg -r rc=$rc, wsbeat processes: ${procs:-none}, kept: $kept; dpkg -i rc=$rc2 $(printf '%s' "$out2" | tail -n 2 | oneline); is-enabled: $enabled; server: $(srvnew "$m" | oneline)"
+fi
+
 m=$(srvmark)
 out=$(C dpkg --purge wsbeat 2>&1); rc=$?
 printf '%s\n' "$out" >"$OUT/dpkg-purge.log"
