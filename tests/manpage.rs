@@ -8,8 +8,8 @@ use crate::util::{WAIT, Wsbeat};
 
 const MAN: &str = include_str!("../docs/wsbeat.1");
 
-/// `--flag VALUE` (as written in the help) → its default, if one is given.
-type Options = BTreeMap<String, Option<String>>;
+/// `--flag VALUE` (as written in the help) → its defaults (`[...]` groups), in order.
+type Options = BTreeMap<String, Vec<String>>;
 
 /// The text of a roff line or paragraph without font escapes and with `\-` etc. resolved.
 fn unroff(s: &str) -> String {
@@ -77,17 +77,12 @@ fn tagged(lines: &[&str]) -> Vec<(String, String)> {
 }
 
 /// The options of `--help`: lines starting (after blanks) with `-`, the option part ending at
-/// two blanks; continuation lines are indented and do not start with `-`; a trailing `[...]`
-/// is the default.
+/// two blanks; continuation lines are indented and do not start with `-`. Each `[...]` that
+/// starts a word is a default (`[20s]`; not the syntax in `auto[:MIN..MAX]` or `http://[user`).
 fn help_options(help: &str) -> Options {
     fn finish(current: Option<(String, String)>, options: &mut Options) {
         if let Some((spec, text)) = current {
-            let default = text
-                .trim_end()
-                .strip_suffix(']')
-                .and_then(|t| t.rsplit_once('['))
-                .map(|(_, d)| d.to_owned());
-            options.insert(spec, default);
+            options.insert(spec, defaults(&text));
         }
     }
     let mut options = Options::new();
@@ -109,17 +104,43 @@ fn help_options(help: &str) -> Options {
     options
 }
 
-/// The options of the man page's OPTIONS section; `(default: ...)` in the text is the default.
-fn man_options() -> Options {
+/// The `[...]` groups of a help text that start a word, without the brackets.
+fn defaults(text: &str) -> Vec<String> {
+    let mut groups = Vec::new();
+    let mut rest = text;
+    let mut after_blank = true;
+    while let Some(c) = rest.chars().next() {
+        if c == '[' && after_blank {
+            let mut depth = 0;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '[' => 1,
+                        ']' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map(|(i, _)| i)
+                .unwrap_or_else(|| panic!("unclosed [ in --help: {text:?}"));
+            groups.push(rest[1..end].to_owned());
+            rest = &rest[end + 1..];
+            after_blank = false;
+            continue;
+        }
+        after_blank = c == ' ';
+        rest = &rest[c.len_utf8()..];
+    }
+    groups
+}
+
+/// The options of the man page's OPTIONS section: tag → the entry's text, words separated
+/// by single blanks.
+fn man_options() -> BTreeMap<String, String> {
     tagged(&section("OPTIONS"))
         .into_iter()
-        .map(|(tag, body)| {
-            let default = body
-                .split_once("(default: ")
-                .and_then(|(_, rest)| rest.split_once(')'))
-                .map(|(d, _)| d.to_owned());
-            (tag, default)
-        })
+        .map(|(tag, body)| (tag, body.split_whitespace().collect::<Vec<_>>().join(" ")))
         .collect()
 }
 
@@ -154,10 +175,22 @@ fn man_page_options_match_help() {
         "docs/wsbeat.1 OPTIONS and --help differ (flag and value name as printed).\n\
          in --help only: {only_help:?}\nin the man page only: {only_man:?}"
     );
-    for (spec, default) in &help {
+    // Each default of --help is in the entry as "default: X" (any case), and the entry
+    // says "default:" no more often than --help gives defaults.
+    for (spec, defaults) in &help {
+        let body = man[spec].to_lowercase();
+        for default in defaults {
+            assert!(
+                body.contains(&format!("default: {}", default.to_lowercase())),
+                "{spec}: --help gives the default [{default}], but its entry in \
+                 docs/wsbeat.1 does not say \"default: {default}\":\n{}",
+                man[spec]
+            );
+        }
         assert_eq!(
-            &man[spec], default,
-            "default of {spec}: --help says {default:?}, docs/wsbeat.1 says {:?}",
+            body.matches("default:").count(),
+            defaults.len(),
+            "{spec}: docs/wsbeat.1 names other defaults than --help ({defaults:?}):\n{}",
             man[spec]
         );
     }
