@@ -13,6 +13,7 @@ mod hostile;
 // Needs third-party peers (scripts/install-peers.sh); ripgrep gates its modules the same way.
 #[cfg(feature = "interop")]
 mod interop;
+mod manpage;
 mod network;
 mod reconnect;
 mod systemd;
