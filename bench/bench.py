@@ -319,7 +319,8 @@ def idle_phase(args, server, instances, results, settle, window):
         entry = {"argv": " ".join(os.path.basename(x) if i == 0 else x for i, x in enumerate(inst.argv)),
                  "env_added": inst.env_added, "error": inst.error, "connections": conns}
         if a and b:
-            entry.update({"rss_kib": a["rss_kib"], "private_kib": a["private_kib"], "threads": a["threads"],
+            entry.update({"rss_kib": a["rss_kib"], "private_kib": a["private_kib"],
+                          "private_dirty_kib": a.get("private_dirty_kib"), "threads": a["threads"],
                           "fds": a["fds"], **h.rate(a, b)})
             last = server.latest(inst.path)
             if last:
@@ -431,8 +432,11 @@ def goals(res):
             d = d.get(k) if isinstance(d, dict) else None
         return d
 
-    rss = get("wsbeat", "ws-hb", "rss_kib")
-    g["idle RSS <= 4 MiB (ws://)"] = rss is not None and rss <= 4096
+    for scheme in ("ws", "wss"):
+        dirty = get("wsbeat", f"{scheme}-hb", "private_dirty_kib")
+        g[f"private dirty <= 1.5 MiB ({scheme}://)"] = dirty is not None and dirty <= 1536
+    rss = get("wsbeat-notls", "ws-hb", "rss_kib")
+    g["idle RSS <= 4 MiB (ws://, --no-default-features)"] = rss is not None and rss <= 4096
     pv = get("wsbeat", "wss-hb", "private_kib")
     others = [get(p, "wss-hb", "private_kib") for p in peers]
     g["lowest private memory on wss://"] = pv is not None and all(o is None or pv < o for o in others)
@@ -454,6 +458,7 @@ def print_table(res):
         ("version", lambda n: cl[n].get("version")),
         ("ws:// RSS MiB (hb 1 s)", lambda n: mib(cl[n].get("ws-hb", {}).get("rss_kib"))),
         ("ws:// private MiB", lambda n: mib(cl[n].get("ws-hb", {}).get("private_kib"))),
+        ("ws:// private dirty MiB", lambda n: mib(cl[n].get("ws-hb", {}).get("private_dirty_kib"))),
         ("threads", lambda n: cl[n].get("ws-hb", {}).get("threads")),
         ("ctx switches/s (hb 1 s)", lambda n: fmt(cl[n].get("ws-hb", {}).get("ctxsw_per_s"), 2)),
         ("  of which voluntary", lambda n: fmt(cl[n].get("ws-hb", {}).get("ctxsw_voluntary_per_s"), 2)),
@@ -464,6 +469,7 @@ def print_table(res):
         ("CPU % (hb off)", lambda n: fmt(cl[n].get("ws-nohb", {}).get("cpu_pct"), 3)),
         ("wss:// RSS MiB", lambda n: mib(cl[n].get("wss-hb", {}).get("rss_kib"))),
         ("wss:// private MiB", lambda n: mib(cl[n].get("wss-hb", {}).get("private_kib"))),
+        ("wss:// private dirty MiB", lambda n: mib(cl[n].get("wss-hb", {}).get("private_dirty_kib"))),
         ("wss:// threads", lambda n: cl[n].get("wss-hb", {}).get("threads")),
         ("wss:// ctx switches/s", lambda n: fmt(cl[n].get("wss-hb", {}).get("ctxsw_per_s"), 2)),
         ("server ping p50 us", lambda n: fmt(cl[n].get("latency", {}).get("p50_us"), 0)),

@@ -462,14 +462,16 @@ def proc_stats(pid):
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         cpu_ticks = int(fields[11]) + int(fields[12])  # utime + stime (14, 15 in proc(5))
-        private = 0
+        private = dirty = 0
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
                     if line.startswith(("Private_Clean:", "Private_Dirty:")):
                         private += int(line.split()[1])
+                    if line.startswith("Private_Dirty:"):
+                        dirty += int(line.split()[1])
         except OSError:
-            private = None
+            private = dirty = None
         ctx = vol = 0
         by_thread = {}
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -491,6 +493,8 @@ def proc_stats(pid):
         return {
             "rss_kib": int(st["VmRSS"].split()[0]),
             "private_kib": private,
+            # What the process alone costs a swapless board: heap, stacks, relocated data.
+            "private_dirty_kib": dirty,
             "threads": int(st["Threads"]),
             "fds": fds,
             "ctxsw": ctx,

@@ -37,9 +37,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tungstenite::Message;
-use wsbeat::config::{Config, parse_target};
-use wsbeat::status_file::{State, Status};
-use wsbeat::supervisor::{Ending, Handle, Observer, Supervisor};
+use wsbeat::{Config, Ending, Handle, Observer, State, Status, Supervisor, parse_target};
 
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PONG_TIMEOUT: Duration = Duration::from_secs(2);

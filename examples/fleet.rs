@@ -31,10 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use wsbeat::backoff::Random;
-use wsbeat::config::{Config, parse_target};
-use wsbeat::status_file::{State, Status};
-use wsbeat::supervisor::{Ending, Handle, Observer, Supervisor};
+use wsbeat::Random;
+use wsbeat::{Config, Ending, Handle, Observer, State, Status, Supervisor, parse_target};
 
 const BUCKET: Duration = Duration::from_millis(100);
 

@@ -13,6 +13,8 @@
 #   /usr/bin/wsbeat                       the stripped release binary
 #   /lib/systemd/system/wsbeat.service    from systemd/wsbeat.service
 #   /etc/default/wsbeat                   from systemd/wsbeat.env (conffile, mode 0600)
+#   /usr/share/man/man1/wsbeat.1.gz       from docs/wsbeat.1 (tests/manpage.rs keeps it in
+#                                         step with --help; rendered here with man --warnings)
 #   /usr/share/doc/wsbeat/copyright
 # The maintainer scripts create an empty /etc/wsbeat/headers (the unit's LoadCredential=
 # needs it) and reload systemd; the service is NOT enabled or started: set WSBEAT_URL in
@@ -47,7 +49,7 @@ case $T in
   *) die "unsupported target '$T' (x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, arm-unknown-linux-gnueabihf)" ;;
 esac
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found (apt-get install dpkg)"
-for f in systemd/wsbeat.service systemd/wsbeat.env; do
+for f in systemd/wsbeat.service systemd/wsbeat.env docs/wsbeat.1; do
   [ -f "$f" ] || die "$f is missing"
 done
 
@@ -76,7 +78,7 @@ OUT=$TD/$T/debian
 STAGE=$OUT/$NAME-$VERSION-$ARCH
 rm -rf "$STAGE"
 mkdir -p "$STAGE/DEBIAN" "$STAGE/usr/bin" "$STAGE/lib/systemd/system" "$STAGE/etc/default" \
-  "$STAGE/usr/share/doc/$NAME"
+  "$STAGE/usr/share/doc/$NAME" "$STAGE/usr/share/man/man1"
 
 install -m 0755 "$BIN" "$STAGE/usr/bin/wsbeat"
 if command -v "$STRIP" >/dev/null; then
@@ -85,6 +87,14 @@ else
   log "warning: $STRIP not found; packaging the binary as built ([profile.release] strips it)"
 fi
 install -m 0644 systemd/wsbeat.service "$STAGE/lib/systemd/system/wsbeat.service"
+# wsbeat(1). Rendered the way lintian does (groff warnings are its groff-message), when
+# man-db is there.
+if command -v man >/dev/null; then
+  warnings=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z docs/wsbeat.1 2>&1 >/dev/null) \
+    || die "man -l docs/wsbeat.1 failed: $warnings"
+  [ -z "$warnings" ] || die "docs/wsbeat.1: $warnings"
+fi
+gzip -9n <docs/wsbeat.1 >"$STAGE/usr/share/man/man1/wsbeat.1.gz"
 # The environment file may hold the server URL and other settings: root only.
 install -m 0600 systemd/wsbeat.env "$STAGE/etc/default/wsbeat"
 echo /etc/default/wsbeat >"$STAGE/DEBIAN/conffiles"
@@ -104,7 +114,7 @@ printf '%s (%s) stable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
 mkdir -p "$STAGE/usr/share/lintian/overrides"
 echo "$NAME: non-standard-file-perm 0600 != 0644 [etc/default/wsbeat]" >"$STAGE/usr/share/lintian/overrides/$NAME"
 chmod 0644 "$STAGE/usr/share/doc/$NAME/copyright" "$STAGE/usr/share/doc/$NAME/changelog.gz" \
-  "$STAGE/usr/share/lintian/overrides/$NAME"
+  "$STAGE/usr/share/lintian/overrides/$NAME" "$STAGE/usr/share/man/man1/wsbeat.1.gz"
 
 # ---------------------------------------------------------------- Depends
 depends=""
@@ -153,6 +163,13 @@ if [ "$1" = configure ]; then
     # fails when the file is missing: create an empty, root-only one.
     install -d -m 0700 /etc/wsbeat
     [ -e /etc/wsbeat/headers ] || install -m 0600 /dev/null /etc/wsbeat/headers
+    # As dh_installsystemd --no-enable does: record the links `systemctl enable` would
+    # make (multi-user.target.wants/), so that purge removes them even when the admin
+    # enabled the service by hand; and undo the mask a `remove` left.
+    if command -v deb-systemd-helper >/dev/null; then
+        deb-systemd-helper unmask wsbeat.service >/dev/null || true
+        deb-systemd-helper update-state wsbeat.service >/dev/null || true
+    fi
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true
         # Upgrade: a running service restarts on the new binary; a stopped one stays stopped.
@@ -180,8 +197,13 @@ set -e
 if [ -d /run/systemd/system ]; then
     systemctl --system daemon-reload >/dev/null || true
 fi
+# remove: the admin's enable links stay (the unit is masked meanwhile); purge: they go.
+if [ "$1" = remove ] && command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper mask wsbeat.service >/dev/null || true
+fi
 if [ "$1" = purge ] && command -v deb-systemd-helper >/dev/null; then
     deb-systemd-helper purge wsbeat.service >/dev/null || true
+    deb-systemd-helper unmask wsbeat.service >/dev/null || true
 fi
 if [ "$1" = purge ]; then
     rm -f /etc/wsbeat/headers

@@ -105,6 +105,7 @@ impl Adaptive {
         self.interval
     }
 
+    #[cfg(test)]
     /// The search has ended (the interval stays until the path changes or a re-probe).
     pub fn settled(&self) -> bool {
         self.settled_at.is_some()
@@ -176,16 +177,6 @@ impl Adaptive {
                 }
             }
         }
-    }
-
-    /// When [`on_time`](Adaptive::on_time) may change something.
-    pub fn next_reprobe(&self) -> Option<Instant> {
-        let at = self.settled_at? + REPROBE_AFTER;
-        self.bad?;
-        Some(match self.last_probe_loss {
-            Some(lost) => at.max(lost + PROBE_LOSS_SPACING),
-            None => at,
-        })
     }
 
     /// The path changed: a new search, with the losses it takes (a search is

@@ -189,6 +189,7 @@ impl Delivery {
         lost
     }
 
+    #[cfg(test)]
     /// Bytes of message text waiting now.
     pub fn bytes(&self) -> usize {
         self.lock().bytes

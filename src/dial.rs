@@ -15,12 +15,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::mem;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::error::{ConnectError, Stage};
+use crate::os;
 
 /// RFC 8305's recommended "Connection Attempt Delay".
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
@@ -123,31 +123,14 @@ pub struct Wake(OwnedFd);
 
 impl Wake {
     /// A fresh, unsignalled wake.
-    #[allow(unsafe_code)]
     pub fn new() -> io::Result<Wake> {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor
-        // that nothing else owns.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        Ok(Wake(unsafe { OwnedFd::from_raw_fd(fd) }))
+        os::eventfd().map(Wake)
     }
 
     /// Makes every present and future [`connect`] on this wake return at once.
-    #[allow(unsafe_code)]
     pub fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes the 8 bytes of `one` to a descriptor `self` owns. A full counter
-        // (EAGAIN) is already signalled, so the result needs no handling.
-        unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                (&raw const one).cast(),
-                mem::size_of::<u64>(),
-            );
-        }
+        // A full counter (EAGAIN) is already signalled, so the result needs no handling.
+        let _ = os::write(self.0.as_fd(), &1u64.to_ne_bytes());
     }
 
     /// A `pollfd` waiting for the signal.
@@ -237,143 +220,27 @@ fn abandoned() -> ConnectError {
     ))
 }
 
-/// Waits on `fds` for at most `timeout` (rounded up to whole milliseconds, so the wait
-/// never ends just before the instant it waits for); an interrupted wait just returns.
-#[allow(unsafe_code)]
+/// Waits on `fds` for at most `timeout`; an interrupted wait just returns.
 fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> Result<(), ConnectError> {
-    let millis = timeout.as_nanos().div_ceil(1_000_000);
-    let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the pointer and length describe `fds`, valid for the call.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(ConnectError::Tcp(err));
-        }
+    match os::poll(fds, Some(timeout)) {
+        Err(err) if err.kind() != io::ErrorKind::Interrupted => Err(ConnectError::Tcp(err)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A non-blocking socket connecting to `addr`, and whether it is connected already.
-#[allow(unsafe_code)]
 fn start_attempt(addr: SocketAddr) -> io::Result<(OwnedFd, bool)> {
-    let family = if addr.is_ipv6() {
-        libc::AF_INET6
-    } else {
-        libc::AF_INET
-    };
-    // SAFETY: socket takes no pointers; a non-negative result is a new descriptor.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nothing else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: `storage` holds a sockaddr_in or sockaddr_in6 of `len` bytes.
-    let rc = unsafe {
-        libc::connect(
-            socket.as_raw_fd(),
-            (&raw const storage).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc == 0 {
-        return Ok((socket, true));
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        // EINTR: the connect goes on in the background, as with EINPROGRESS.
-        Some(libc::EINPROGRESS | libc::EINTR) => Ok((socket, false)),
-        _ => Err(err),
-    }
-}
-
-/// `addr` as the C socket address `connect(2)` takes.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    #[allow(unsafe_code)]
-    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            #[allow(unsafe_code)]
-            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
-            unsafe {
-                (&raw mut storage).cast::<libc::sockaddr_in>().write(sin);
-            }
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            #[allow(unsafe_code)]
-            // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned.
-            unsafe {
-                (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6);
-            }
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
+    os::connect_nonblocking(addr)
 }
 
 /// The outcome of a non-blocking connect that `poll` reported on (`SO_ERROR`).
-#[allow(unsafe_code)]
 fn socket_error(socket: &OwnedFd) -> io::Result<()> {
-    let mut error: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `error` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut error).cast(),
-            &raw mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    match error {
-        0 => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
+    os::socket_error(socket.as_fd())
 }
 
 /// The winning socket as a blocking `TcpStream`.
-#[allow(unsafe_code)]
 fn into_stream(socket: OwnedFd, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
-    let fd = socket.as_raw_fd();
-    // SAFETY: fcntl on a descriptor `socket` owns; no pointers.
-    let cleared = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) >= 0
-    };
-    if !cleared {
-        return Err(ConnectError::Tcp(io::Error::last_os_error()));
-    }
+    os::set_blocking(socket.as_fd()).map_err(ConnectError::Tcp)?;
     log::debug!("tcp: connected to {addr}");
     Ok(TcpStream::from(socket))
 }

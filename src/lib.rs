@@ -9,8 +9,10 @@
 //! # In scope
 //! One client connection, `ws://` and `wss://` (native-tls), control or text
 //! heartbeats, stdin lines out and server text messages in, systemd
-//! notification, a status file, Happy Eyeballs on dual-stack hosts, HTTP CONNECT
-//! proxies. Plain std threads; no async runtime.
+//! notification, a status file and Prometheus metrics, Happy Eyeballs on
+//! dual-stack hosts, HTTP CONNECT proxies, the kernel's address changes
+//! (rtnetlink), an adaptive heartbeat for metered links. Plain std threads; no
+//! async runtime.
 //!
 //! # Out of scope
 //! Servers, multiplexing, message acknowledgement (a line written to a socket
@@ -19,28 +21,30 @@
 //!
 //! # Anatomy
 //! ```text
-//!   stdin thread ──┐                     ┌── connect thread (one per attempt)
-//!  signals thread ─┼── Event channel ──> supervisor (owns all state, timers,
-//!   reader thread ─┤                     │   backoff, status file, sd_notify)
-//! heartbeat thread ┘                     └── Command channel ──> heartbeat thread
-//!
-//!   reader thread ──┐  SharedSocket (mutex, writers first)  ┌── heartbeat thread
-//!                   └────────── WebSocket<Stream> ──────────┘
+//!   stdin thread ── Outbox (waits when full and connected) ──────┐
+//!  signals thread ─┐                                             v
+//!      link watch ─┼─ Event channel ─> supervisor ─ Command ─> heartbeat thread (only writer)
+//!   reader thread ─┤                    │     ^ inputs  v actions
+//! heartbeat thread ┘                    │   machine (pure decisions, virtual-time tests)
+//!    connect thread (one per attempt) ──┘
+//!   reader thread ── Delivery (bytes-bounded) ──> output thread ──> stdout
 //! ```
-//! The reader waits for readability outside the lock; the heartbeat thread is
-//! the only writer of data frames and sleeps until its next ping or a command.
-//! Lines reach it through the [`outbox`] (stdin waits there while connected and
-//! full; drop-oldest while disconnected); received messages leave the reader
-//! through the [`delivery`] buffer to an output thread, so neither direction can
-//! stall the other or the heartbeat, and both are bounded in bytes.
-//! Every event carries its connection's id, so late events from a torn-down
-//! connection are ignored. The supervisor joins every thread it starts.
+//! The [`Supervisor`] is a driver: every decision (reconnect delays, `--max-retries`,
+//! reload and stop in each phase, the watchdog) is made by the pure state machine (`machine`),
+//! which reads no clock. Per connection (`connection`), the reader waits for
+//! readability outside the socket lock; the heartbeat thread is the only writer
+//! and sleeps until its next ping or a command. Lines reach it through the
+//! outbox (stdin waits there while connected and full; drop-oldest while
+//! disconnected); received messages leave the reader through the delivery
+//! buffer to an output thread, so neither direction can stall the other or the
+//! heartbeat, and both are bounded in bytes. Every event carries its
+//! connection's id, so late events from a torn-down connection are ignored. The
+//! supervisor joins every thread it starts.
 //!
 //! # Embedding
 //! ```no_run
 //! use std::sync::Arc;
-//! use wsbeat::config::{parse_target, Config};
-//! use wsbeat::supervisor::{Observer, Supervisor};
+//! use wsbeat::{parse_target, Config, Observer, Supervisor};
 //!
 //! struct Print;
 //! impl Observer for Print {
@@ -68,58 +72,54 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod adaptive;
-pub mod backoff;
+// The modules are private: the public API is the re-exported set below, so an
+// internal type is not a semver promise. `config`, `headers`, `logging` and
+// `linkwatch` stay reachable (hidden) for the binary, the fuzz targets and tests.
+mod adaptive;
+mod backoff;
+#[doc(hidden)]
 pub mod config;
-pub mod connection;
-pub mod delivery;
-#[allow(unsafe_code)]
-pub mod dial;
-pub mod error;
-pub mod events;
+mod connection;
+mod delivery;
+mod dial;
+mod error;
+mod events;
+#[doc(hidden)]
 pub mod headers;
-#[allow(unsafe_code)]
+#[doc(hidden)]
 pub mod linkwatch;
+#[doc(hidden)]
 pub mod logging;
-pub mod machine;
-pub mod metrics;
-pub mod outbox;
-pub mod proxy;
-pub mod sd_notify;
+mod machine;
+mod metrics;
 #[allow(unsafe_code)]
-pub mod signals;
-pub mod status_file;
-#[allow(unsafe_code)]
-pub mod stdin;
-#[allow(unsafe_code)]
-pub mod stdout;
-pub mod supervisor;
+mod os;
+mod outbox;
+mod proxy;
+mod report;
+mod sd_notify;
+mod signals;
+mod status_file;
+mod stdin;
+mod stdout;
+mod supervisor;
 #[cfg(feature = "tls")]
-pub mod tls;
+mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
-pub mod tls;
-pub mod traffic;
-pub mod transport;
+mod tls;
+mod traffic;
+mod transport;
+
+pub use backoff::{Random, SplitMix64};
+pub use config::{Config, HeartbeatMode, Target, parse_target};
+pub use error::{ConfigError, ConnectError, Exit, Stage, UsageError};
+pub use events::{ConnId, Ending, Observer};
+pub use status_file::{State, Status};
+pub use stdout::StdoutLines;
+pub use supervisor::{Handle, Supervisor, Systemd};
 
 use std::sync::Arc;
-
-use config::Config;
-use error::ConfigError;
-pub use stdout::StdoutLines;
-use supervisor::{Ending, Supervisor, Systemd};
-
-/// glibc gives every thread that allocates its own arena; a client that moves a
-/// few messages a second gains nothing from that and pays for each arena in
-/// resident memory. Must run before other threads start.
-#[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only adjusts allocator parameters; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
 
 /// Runs the command-line client: signals, stdin, systemd, the supervisor.
 /// Returns how it ended; `Err` is a configuration file problem (exit 78).
@@ -137,7 +137,9 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     if config.target.tls || config.client_cert.is_some() {
         tls::prefer_hashed_system_roots();
     }
-    limit_malloc_arenas();
+    // One arena: a client that moves a few messages a second gains nothing from one
+    // per thread and pays for each in resident memory. Before any thread starts.
+    os::limit_malloc_arenas();
     let once = config.once;
     let max_line = config.max_message_size;
     let stdout = match StdoutLines::new() {

@@ -10,13 +10,13 @@
 //! handed to the callback on that thread.
 
 use std::io;
-use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use crate::dial::Wake;
+use crate::os;
 
 /// What the kernel reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,60 +275,18 @@ impl Drop for LinkWatch {
 }
 
 /// A non-blocking `NETLINK_ROUTE` socket bound to [`GROUPS`].
-#[allow(unsafe_code)]
 fn open() -> io::Result<OwnedFd> {
-    // SAFETY: socket takes no pointers; a non-negative result is a new descriptor.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nothing else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain old data; all zeroes is a valid value.
-    let mut local: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    local.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    local.nl_groups = GROUPS;
-    // SAFETY: `local` is a sockaddr_nl of the length given.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const local).cast(),
-            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(socket)
+    os::netlink_route(GROUPS)
 }
 
 /// The watcher's loop: block until the kernel says something or `stop` is signalled.
-#[allow(unsafe_code)]
 fn watch(socket: &OwnedFd, stop: &Wake, on_event: &mut dyn FnMut(LinkEvent)) {
     // Large enough for any rtnetlink datagram (one page of messages at most).
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: socket.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            stop.pollfd(),
-        ];
-        // SAFETY: the pointer and length describe `fds`. No timeout: only an event wakes us.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+        let mut fds = [os::pollfd(socket.as_fd(), libc::POLLIN), stop.pollfd()];
+        // No timeout: only an event wakes us.
+        if let Err(err) = os::poll_forever(&mut fds) {
             log::warn!("link watch: poll: {err}; not following network changes any more");
             return;
         }
@@ -337,25 +295,12 @@ fn watch(socket: &OwnedFd, stop: &Wake, on_event: &mut dyn FnMut(LinkEvent)) {
         }
         // Drain what is queued, then wait again.
         loop {
-            // SAFETY: sockaddr_nl is plain old data; all zeroes is a valid value.
-            let mut from: libc::sockaddr_nl = unsafe { mem::zeroed() };
-            let mut from_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-            // SAFETY: `buf` is writable for its length; `from` for `from_len` bytes.
-            let n = unsafe {
-                libc::recvfrom(
-                    socket.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&raw mut from).cast(),
-                    &raw mut from_len,
-                )
-            };
-            let Ok(n) = usize::try_from(n) else {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
+            let n = match os::netlink_recv(socket.as_fd(), &mut buf) {
+                // Only the kernel (port 0) speaks for the network.
+                Ok((_, false)) => continue,
+                Ok((n, true)) => n,
+                Err(err) => match err.raw_os_error() {
                     Some(libc::EAGAIN) => break,
-                    Some(libc::EINTR) => continue,
                     Some(libc::ENOBUFS) => {
                         on_event(LinkEvent::Overflow);
                         continue;
@@ -364,12 +309,8 @@ fn watch(socket: &OwnedFd, stop: &Wake, on_event: &mut dyn FnMut(LinkEvent)) {
                         log::warn!("link watch: {err}; not following network changes any more");
                         return;
                     }
-                }
+                },
             };
-            // Only the kernel (port 0) speaks for the network.
-            if from.nl_pid != 0 {
-                continue;
-            }
             for event in parse(&buf[..n]) {
                 log::debug!("link watch: {event:?}");
                 on_event(event);
@@ -378,50 +319,8 @@ fn watch(socket: &OwnedFd, stop: &Wake, on_event: &mut dyn FnMut(LinkEvent)) {
     }
 }
 
-/// The index of the interface that holds `addr`, from `getifaddrs(3)`; `None` if
-/// no interface has it (or the call fails).
-#[allow(unsafe_code)]
-pub fn interface_of(addr: IpAddr) -> Option<u32> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we free below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut entry = list;
-    while !entry.is_null() {
-        // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*entry };
-        entry = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
-        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        let this = match family {
-            libc::AF_INET => {
-                // SAFETY: family AF_INET: the sockaddr is a sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
-            }
-            libc::AF_INET6 => {
-                // SAFETY: family AF_INET6: the sockaddr is a sockaddr_in6.
-                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
-            }
-            _ => continue,
-        };
-        if this == addr {
-            // SAFETY: ifa_name is a NUL-terminated name owned by the list.
-            let index = unsafe { libc::if_nametoindex(ifa.ifa_name) };
-            found = (index != 0).then_some(index);
-            break;
-        }
-    }
-    // SAFETY: `list` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(list) };
-    found
-}
+/// The index of the interface that holds `addr`; `None` if no interface has it.
+pub use crate::os::interface_of;
 
 #[cfg(test)]
 mod tests {
@@ -660,12 +559,5 @@ mod tests {
             expected
         );
         assert_eq!(route(0, 254, RTN_UNICAST, &[gw, table(1000)]), []);
-    }
-
-    #[test]
-    fn loopback_is_found_on_its_interface() {
-        let index = interface_of(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        assert!(index.is_some_and(|i| i > 0), "{index:?}");
-        assert_eq!(interface_of("192.0.2.77".parse().unwrap()), None);
     }
 }

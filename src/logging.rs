@@ -8,7 +8,7 @@
 //! entry per line. Elsewhere (a terminal, a file) the usual env_logger format is used.
 //!
 //! No level prints a secret: tungstenite's trace records are dropped whatever `RUST_LOG`
-//! says (see [`NoSecrets`]), and our own records never carry header values.
+//! says (see `NoSecrets`), and our own records never carry header values.
 
 use std::io::{self, Write as _};
 use std::os::fd::AsFd;

@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use wsbeat::config::{self, Parsed};
-use wsbeat::error::Exit;
-use wsbeat::supervisor::Ending;
+use wsbeat::{Ending, Exit};
 
 fn main() -> ExitCode {
     let config = match config::parse_process() {

@@ -107,6 +107,7 @@ impl LineQueue {
         self.lines.push_back(line);
     }
 
+    #[cfg(test)]
     /// Lines queued.
     pub fn len(&self) -> usize {
         self.lines.len()
@@ -117,6 +118,7 @@ impl LineQueue {
         self.lines.is_empty()
     }
 
+    #[cfg(test)]
     /// Bytes the queued lines hold.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -290,14 +292,10 @@ impl Outbox {
         self.lock().dropped
     }
 
+    #[cfg(test)]
     /// Lines queued now.
     pub fn len(&self) -> usize {
         self.lock().queue.len()
-    }
-
-    /// Nothing queued now.
-    pub fn is_empty(&self) -> bool {
-        self.lock().queue.is_empty()
     }
 }
 

@@ -31,13 +31,14 @@
 //! new pipe. After [`SignalThread::stop`] the handled and the ignored signals get
 //! their default action back (a later SIGTERM ends the process at once).
 //!
-//! This and `stdin` are the only modules allowed `unsafe`; every block says why
-//! it is sound.
+//! The raw calls (`sigaction`, the handler itself, `pipe2`, `poll`) are in
+//! [`crate::os`], the only module allowed `unsafe`.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
+
+use crate::os::{self, Disposition};
 
 /// What a signal asks of the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,103 +66,29 @@ const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 /// The signals we ignore (see the module docs).
 const IGNORED: [libc::c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
 
-/// Write end of the current self-pipe, or -1. Read by the handler, so it must
-/// be an atomic (lock-free, async-signal-safe).
-static PIPE_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(signo: libc::c_int) {
-    let fd = PIPE_WRITE_FD.load(Ordering::Relaxed);
-    if fd < 0 {
-        return;
-    }
-    let byte = signo as u8;
-    // SAFETY: `__errno_location` returns this thread's errno slot, valid for the
-    // thread's life; reading and restoring it keeps the interrupted code's errno.
-    // `write(2)` is async-signal-safe; `byte` lives for the call; the fd is
-    // non-blocking, so a full pipe fails with EAGAIN instead of hanging.
-    unsafe {
-        let errno = libc::__errno_location();
-        let saved = *errno;
-        libc::write(fd, (&raw const byte).cast(), 1);
-        *errno = saved;
-    }
-}
-
 /// A pipe as (read end, write end), both close-on-exec, non-blocking if asked.
-pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1 as RawFd; 2];
-    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill in.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors that we alone own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
+pub(crate) use crate::os::pipe;
 
-/// Sets `signo`'s disposition to `handler` (a function or `SIG_DFL`).
-fn set_handler(signo: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
-    // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags);
-    // we then fill in the fields we need. `handler` is either SIG_DFL or
-    // `on_signal`, an `extern "C" fn(c_int)` that is async-signal-safe.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Waits until `fds` are ready; `poll(2)` with no timeout, retried on EINTR.
-/// Returns the `revents` of each descriptor.
-pub(crate) fn poll_forever<const N: usize>(fds: [RawFd; N]) -> io::Result<[libc::c_short; N]> {
-    let mut pollfds = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    loop {
-        // SAFETY: `pollfds` is a valid array of N pollfd structs for the call.
-        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), N as libc::nfds_t, -1) };
-        if n >= 0 {
-            return Ok(pollfds.map(|p| p.revents));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+/// Waits until one of `fds` is readable (or hung up), no timeout; the `revents` of each.
+pub(crate) fn poll_forever<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+) -> io::Result<[libc::c_short; N]> {
+    let mut pollfds = fds.map(|fd| os::pollfd(fd, libc::POLLIN));
+    os::poll_forever(&mut pollfds)?;
+    Ok(pollfds.map(|p| p.revents))
 }
 
 /// Reads what is available from non-blocking `fd` into `buf`; 0 means nothing.
-fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(0),
-            _ => return Err(err),
-        }
+fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    match os::read(fd, buf) {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        other => other,
     }
 }
 
 /// Writes one byte to `fd`, ignoring a full pipe (the reader is awake anyway).
 pub(crate) fn wake(fd: &OwnedFd) {
-    let byte = 1u8;
-    // SAFETY: `byte` is valid for one byte; a failed write only means the
-    // pipe already holds a wake-up byte.
-    unsafe {
-        libc::write(fd.as_raw_fd(), (&raw const byte).cast(), 1);
-    }
+    let _ = os::write(fd.as_fd(), &[1]);
 }
 
 /// Handlers installed, signals collected in a pipe, not yet delivered anywhere.
@@ -182,17 +109,12 @@ struct Installed {
 impl Drop for Installed {
     fn drop(&mut self) {
         for signo in HANDLED.into_iter().chain(IGNORED) {
-            if let Err(err) = set_handler(signo, libc::SIG_DFL) {
+            if let Err(err) = os::set_signal(signo, Disposition::Default) {
                 log::debug!("signals: restoring default for {signo}: {err}");
             }
         }
         // Forget our fd only if it is still the current one (a later install wins).
-        let _ = PIPE_WRITE_FD.compare_exchange(
-            self.write.as_raw_fd(),
-            -1,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        os::forget_signal_pipe(self.write.as_fd());
     }
 }
 
@@ -202,15 +124,14 @@ impl SignalListener {
     /// service could not be stopped cleanly).
     pub fn install() -> io::Result<SignalListener> {
         let (read, write) = pipe(true)?;
-        PIPE_WRITE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
+        os::set_signal_pipe(Some(write.as_fd()));
         // From here on, an error drops `installed`, restoring the defaults.
         let installed = Installed { write };
-        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
         for signo in HANDLED {
-            set_handler(signo, handler)?;
+            os::set_signal(signo, Disposition::ToPipe)?;
         }
         for signo in IGNORED {
-            set_handler(signo, libc::SIG_IGN)?;
+            os::set_signal(signo, Disposition::Ignore)?;
         }
         Ok(SignalListener { read, installed })
     }
@@ -229,7 +150,7 @@ impl SignalListener {
             .spawn(move || {
                 let mut buf = [0u8; 64];
                 loop {
-                    let revents = match poll_forever([read.as_raw_fd(), wake_read.as_raw_fd()]) {
+                    let revents = match poll_forever([read.as_fd(), wake_read.as_fd()]) {
                         Ok(revents) => revents,
                         Err(err) => {
                             log::error!("signals: poll: {err}");
@@ -238,7 +159,7 @@ impl SignalListener {
                     };
                     if revents[0] != 0 {
                         loop {
-                            match read_nonblocking(read.as_raw_fd(), &mut buf) {
+                            match read_nonblocking(read.as_fd(), &mut buf) {
                                 Ok(0) => break,
                                 Ok(n) => buf[..n]
                                     .iter()
@@ -302,8 +223,7 @@ mod tests {
     fn raised_signals_reach_the_callback() {
         let listener = SignalListener::install().expect("install");
         // A signal before spawn waits in the pipe.
-        // SAFETY: raising a signal whose handler we just installed.
-        assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+        assert_eq!(os::raise_raw(libc::SIGHUP), 0);
         let (tx, rx) = mpsc::channel();
         let thread = listener
             .spawn(move |signal| {
@@ -316,21 +236,16 @@ mod tests {
         };
         assert_eq!(wait(), Signal::Reload);
         // Ignored: the process lives on and the callback hears nothing of them.
-        // SAFETY: raising signals that `install` has just set to SIG_IGN.
-        assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::raise(libc::SIGINT) }, 0);
+        assert_eq!(os::raise_raw(libc::SIGUSR1), 0);
+        assert_eq!(os::raise_raw(libc::SIGUSR2), 0);
+        assert_eq!(os::raise_raw(libc::SIGINT), 0);
         assert_eq!(wait(), Signal::Terminate);
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+        assert_eq!(os::raise_raw(libc::SIGTERM), 0);
         assert_eq!(wait(), Signal::Terminate);
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+        assert_eq!(os::raise_raw(libc::SIGHUP), 0);
         assert_eq!(wait(), Signal::Reload);
         thread.stop();
-        assert_eq!(PIPE_WRITE_FD.load(Ordering::SeqCst), -1);
+        assert!(!os::signal_pipe_set());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! ends the thread; it never ends the client.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::thread::JoinHandle;
 
 use crate::signals::{pipe, poll_forever, wake};
@@ -66,7 +66,7 @@ pub fn spawn_reader(
             let mut lines = LineSplitter::new(max_line);
             let mut buf = vec![0u8; READ_CHUNK];
             loop {
-                let revents = match poll_forever([input.as_raw_fd(), wake_read.as_raw_fd()]) {
+                let revents = match poll_forever([input.as_fd(), wake_read.as_fd()]) {
                     Ok(revents) => revents,
                     Err(err) => {
                         log::warn!("stdin: poll: {err}");

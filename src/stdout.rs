@@ -13,11 +13,12 @@
 //! connection matters more than the copy of its messages. It is said once.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::events::Observer;
+use crate::os;
 use crate::signals::{pipe, wake};
 
 /// Largest write that a pipe reported writable accepts without blocking.
@@ -25,7 +26,8 @@ const CHUNK: usize = libc::PIPE_BUF;
 
 /// Writes each server text message to stdout as one line; see the module docs.
 pub struct StdoutLines {
-    fd: RawFd,
+    /// A duplicate of stdout (same open file).
+    fd: OwnedFd,
     /// Stdout is a regular file (or /dev/null): writes never block.
     regular: bool,
     wake_read: OwnedFd,
@@ -39,15 +41,14 @@ pub struct StdoutLines {
 impl StdoutLines {
     /// Writes to the process's stdout.
     pub fn new() -> io::Result<StdoutLines> {
-        Self::for_fd(io::stdout().as_raw_fd())
+        Self::for_fd(io::stdout().as_fd())
     }
 
-    /// Writes to `fd`, which must stay open as long as this exists (tests pass a pipe).
-    pub fn for_fd(fd: RawFd) -> io::Result<StdoutLines> {
-        // SAFETY: the caller keeps `fd` open while this exists; we only borrow it.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let regular = borrowed
-            .try_clone_to_owned()
+    /// Writes to a duplicate of `fd` (tests pass a pipe).
+    pub fn for_fd(fd: BorrowedFd<'_>) -> io::Result<StdoutLines> {
+        let fd = fd.try_clone_to_owned()?;
+        let regular = fd
+            .try_clone()
             .map(std::fs::File::from)
             .and_then(|file| file.metadata())
             .is_ok_and(|meta| meta.file_type().is_file() || is_dev_null(&meta));
@@ -74,7 +75,7 @@ impl StdoutLines {
                 self.wait_writable()?;
                 &data[..data.len().min(CHUNK)]
             };
-            match write_fd(self.fd, chunk) {
+            match os::write(self.fd.as_fd(), chunk) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => data = &data[n..],
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -85,31 +86,12 @@ impl StdoutLines {
     }
 
     /// Waits until stdout takes a write, or [`Observer::interrupt`] is called.
-    #[allow(unsafe_code)]
     fn wait_writable(&self) -> io::Result<()> {
         let mut fds = [
-            libc::pollfd {
-                fd: self.fd,
-                events: libc::POLLOUT,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.wake_read.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            os::pollfd(self.fd.as_fd(), libc::POLLOUT),
+            os::pollfd(self.wake_read.as_fd(), libc::POLLIN),
         ];
-        loop {
-            // SAFETY: `fds` is a valid array of two pollfd structs for the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if n >= 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        os::poll_forever(&mut fds)?;
         if fds[1].revents != 0 {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
         }
@@ -133,13 +115,6 @@ fn is_dev_null(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     // /dev/null is character device 1:3 and never blocks.
     meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3)
-}
-
-#[allow(unsafe_code)]
-fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
-    // SAFETY: `data` is valid for reads of its length; `fd` is open (see `for_fd`).
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 impl Observer for StdoutLines {
@@ -181,7 +156,7 @@ mod tests {
     #[test]
     fn lines_go_out_in_order() {
         let (read, write) = pipe(false).unwrap();
-        let out = StdoutLines::for_fd(write.as_raw_fd()).unwrap();
+        let out = StdoutLines::for_fd(write.as_fd()).unwrap();
         out.messages(&["a".into(), "".into(), "héllo".into()]);
         out.message("last");
         drop(out);
@@ -194,7 +169,7 @@ mod tests {
     #[test]
     fn a_write_to_a_full_pipe_returns_when_interrupted() {
         let (read, write) = pipe(false).unwrap();
-        let out = Arc::new(StdoutLines::for_fd(write.as_raw_fd()).unwrap());
+        let out = Arc::new(StdoutLines::for_fd(write.as_fd()).unwrap());
         let writer = {
             let out = Arc::clone(&out);
             // Far more than a pipe holds (64 KiB by default), and nobody reads.

@@ -16,7 +16,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tungstenite::protocol::WebSocketConfig;
 
@@ -33,10 +33,11 @@ pub use crate::events::{ConnId, Ending, Event, Observer};
 use crate::headers::read_header_file;
 use crate::linkwatch::{self, LinkEvent, LinkWatch};
 use crate::machine::{Action, Input, Machine, Settings};
-use crate::metrics::{self, Snapshot};
+use crate::metrics;
 use crate::outbox::Outbox;
+use crate::report::{Facts, Report};
 use crate::sd_notify::{Notifier, Notify};
-use crate::status_file::{State, Status, StatusFile};
+use crate::status_file::StatusFile;
 use crate::tls::{Connector, TlsFiles};
 use crate::traffic::Traffic;
 use crate::transport::{self, Abort, Connection, Dial};
@@ -115,8 +116,8 @@ pub struct Supervisor {
     tls_files: TlsFiles,
     connector: Option<Connector>,
     observer: Arc<dyn Observer>,
-    systemd: Systemd,
-    status_file: Option<StatusFile>,
+    /// Status file, metrics file, `STATUS=`.
+    report: Report,
     events: Sender<Event>,
     inbox: Receiver<Event>,
     /// Connect attempts whose threads have not reported yet (the current one, and
@@ -125,9 +126,6 @@ pub struct Supervisor {
     /// The connection of the attempt that just upgraded, until the machine says what to do.
     upgraded: Option<(ConnId, Connection)>,
     active: Option<Active>,
-    status: Status,
-    /// Round trip last written to the status file and STATUS=.
-    reported_rtt: Option<Duration>,
     /// Lines for the server (stdin), shared with [`Handle`]s and the writer.
     outbox: Arc<Outbox>,
     /// Received messages on their way to the observer.
@@ -138,10 +136,6 @@ pub struct Supervisor {
     traffic: Arc<Traffic>,
     /// `--ping-interval auto`: what has been learned about the path, across connections.
     adaptive: Option<SharedAdaptive>,
-    /// `--metrics-file`.
-    metrics_file: Option<StatusFile>,
-    /// The metrics' own counters (the rest comes from `traffic` and `status`).
-    metrics: Snapshot,
     /// The kernel's address and route changes; started by `run`.
     link_watch: Option<LinkWatch>,
 }
@@ -155,32 +149,25 @@ impl Supervisor {
             None => Vec::new(),
         };
         let (events, inbox) = mpsc::channel();
-        let status = Status {
-            state: State::Connecting,
-            url: config.target.url.clone(),
-            since_unix_ms: unix_ms_now(),
-            rtt_ms: None,
-            reconnects: 0,
-            dropped: 0,
-            last_error: None,
-            ping_interval_ms: config.ping_interval.as_millis() as u64,
-            heartbeats: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
-        };
+        let report = Report::new(
+            config.target.url.clone(),
+            config.status_file.clone().map(StatusFile::new),
+            config.metrics_file.clone().map(StatusFile::new),
+            None,
+            config.ping_interval,
+        );
         let adaptive = config
             .auto_interval
             .map(|(min, max)| Arc::new(Mutex::new(Adaptive::new(min, max))));
-        let metrics_file = config.metrics_file.clone().map(StatusFile::new);
         let machine = Machine::new(
-            settings(&config, &Systemd::default(), config.status_file.is_some()),
+            settings(&config, None, report.is_read()),
             Backoff::new(config.backoff_initial, config.backoff_max),
             Box::new(SplitMix64::from_os()),
             config.target.url.clone(),
         );
         Ok(Supervisor {
             machine,
-            status_file: config.status_file.clone().map(StatusFile::new),
+            report,
             outbox: Arc::new(Outbox::new(config.queue_size, config.queue_bytes)),
             delivery: Arc::new(Delivery::new(config.queue_bytes)),
             config,
@@ -188,28 +175,25 @@ impl Supervisor {
             tls_files,
             connector: None,
             observer,
-            systemd: Systemd::default(),
             events,
             inbox,
             attempts: HashMap::new(),
             upgraded: None,
             active: None,
-            status,
-            reported_rtt: None,
             delivery_thread: None,
             traffic: Arc::new(Traffic::default()),
             adaptive,
-            metrics_file,
-            metrics: Snapshot::default(),
             link_watch: None,
         })
     }
 
     /// Reports to systemd while running.
     pub fn with_systemd(mut self, systemd: Systemd) -> Supervisor {
+        let Systemd { notifier, watchdog } = systemd;
+        self.report.set_notifier(notifier);
+        let reports_status = self.report.is_read();
         self.machine
-            .set_settings(settings(&self.config, &systemd, self.status_file.is_some()));
-        self.systemd = systemd;
+            .set_settings(settings(&self.config, watchdog, reports_status));
         self
     }
 
@@ -234,7 +218,7 @@ impl Supervisor {
         if self.config.link_watch {
             self.start_link_watch();
         }
-        self.notify(&[Notify::Ready]);
+        self.report.notify(&[Notify::Ready]);
         let actions = self.machine.start(Instant::now());
         if let Some(ending) = self.carry_out(actions) {
             return self.finish(ending);
@@ -327,7 +311,7 @@ impl Supervisor {
     fn feed(&mut self, input: Input) -> Vec<Action> {
         match &input {
             Input::ConnectFailed { conn, error } if self.machine.attempt() == Some(*conn) => {
-                self.metrics.count_failure(metrics::reason_of(error));
+                self.report.count_failure(metrics::reason_of(error));
                 if let Some(adaptive) = &self.adaptive {
                     adaptive::lock(adaptive).on_connect_failed();
                 }
@@ -441,10 +425,16 @@ impl Supervisor {
                 }
                 Err(err) => log::error!("{err}; keeping the TLS files read before"),
             },
-            Action::Publish => self.publish(),
-            Action::Refresh => self.refresh_status(),
-            Action::Watchdog => self.notify(&[Notify::Watchdog]),
-            Action::NotifyStopping => self.notify(&[Notify::Stopping]),
+            Action::Publish => {
+                let facts = self.facts();
+                self.report.publish(&facts, self.observer.as_ref());
+            }
+            Action::Refresh => {
+                let facts = self.facts();
+                self.report.refresh(&facts, self.observer.as_ref());
+            }
+            Action::Watchdog => self.report.notify(&[Notify::Watchdog]),
+            Action::NotifyStopping => self.report.notify(&[Notify::Stopping]),
             Action::Exit(_) => {}
         }
         None
@@ -605,7 +595,7 @@ impl Supervisor {
         self.outbox.attach(Box::new(move || {
             let _ = wake.send(Command::Wake);
         }));
-        self.reported_rtt = None;
+        self.report.connection_started();
         let local = tcp.local_addr().ok().map(|addr| {
             let ip = addr.ip();
             (ip, linkwatch::interface_of(ip))
@@ -701,55 +691,24 @@ impl Supervisor {
         }
     }
 
-    /// The round trip and drop count may have changed: publish if they did.
-    fn refresh_status(&mut self) {
-        let rtt = self
-            .active
-            .as_ref()
-            .and_then(|active| liveness::lock(&active.liveness).rtt());
-        let dropped = self.outbox.dropped();
-        let changed = (self.active.is_some() && rtt != self.reported_rtt)
-            || dropped != self.status.dropped
-            || Traffic::get(&self.traffic.heartbeats) != self.status.heartbeats
-            || Traffic::get(&self.traffic.bytes_received) != self.status.bytes_received
-            || self.ping_interval().as_millis() as u64 != self.status.ping_interval_ms;
-        if changed {
-            self.publish();
-        }
-    }
-
-    /// Writes the machine's state to the status file, `STATUS=` and the observer.
-    fn publish(&mut self) {
-        let state = self.machine.state();
-        if self.status.state != state {
-            self.status.state = state;
-            self.status.since_unix_ms = unix_ms_now();
-        }
-        self.status.reconnects = self.machine.reconnects();
-        self.status.last_error = self.machine.last_error().map(str::to_owned);
-        self.status.dropped = self.outbox.dropped();
-        if let Some(active) = &self.active {
-            let rtt = liveness::lock(&active.liveness).rtt();
-            self.reported_rtt = rtt;
-            if rtt.is_some() {
-                self.status.rtt_ms = rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
-            }
-        }
-        self.status.ping_interval_ms = self.ping_interval().as_millis() as u64;
-        self.status.heartbeats = Traffic::get(&self.traffic.heartbeats);
-        self.status.bytes_sent = Traffic::get(&self.traffic.bytes_sent);
-        self.status.bytes_received = Traffic::get(&self.traffic.bytes_received);
-        self.notify(&[Notify::Status(self.describe())]);
-        self.observer.state(&self.status);
-        if let Some(file) = &self.status_file {
-            if let Err(err) = file.write(&self.status) {
-                log::warn!("--status-file {}: {err}", file.path().display());
-            }
-        }
-        if let Some(file) = &self.metrics_file {
-            if let Err(err) = file.write_text(&metrics::render(&self.snapshot())) {
-                log::warn!("--metrics-file {}: {err}", file.path().display());
-            }
+    /// The facts a publish reports, from the machine and the counters.
+    fn facts(&self) -> Facts {
+        Facts {
+            state: Some(self.machine.state()),
+            reconnects: self.machine.reconnects(),
+            last_error: self.machine.last_error().map(str::to_owned),
+            rtt: self
+                .active
+                .as_ref()
+                .and_then(|active| liveness::lock(&active.liveness).rtt()),
+            connected: self.active.is_some(),
+            dropped: self.outbox.dropped(),
+            ping_interval: self.ping_interval(),
+            heartbeats: Traffic::get(&self.traffic.heartbeats),
+            bytes_sent: Traffic::get(&self.traffic.bytes_sent),
+            bytes_received: Traffic::get(&self.traffic.bytes_received),
+            messages_sent: Traffic::get(&self.traffic.messages_sent),
+            messages_received: Traffic::get(&self.traffic.messages_received),
         }
     }
 
@@ -760,61 +719,16 @@ impl Supervisor {
             None => self.config.ping_interval,
         }
     }
-
-    /// The metrics, from the status just published and the counters.
-    fn snapshot(&self) -> Snapshot {
-        let status = &self.status;
-        Snapshot {
-            connected: status.state == State::Connected,
-            reconnects: status.reconnects,
-            heartbeats: status.heartbeats,
-            rtt_seconds: status.rtt_ms.map(|ms| ms / 1000.0),
-            ping_interval_seconds: status.ping_interval_ms as f64 / 1000.0,
-            bytes_sent: status.bytes_sent,
-            bytes_received: status.bytes_received,
-            messages_sent: Traffic::get(&self.traffic.messages_sent),
-            messages_received: Traffic::get(&self.traffic.messages_received),
-            dropped: status.dropped,
-            state_since_seconds: status.since_unix_ms as f64 / 1000.0,
-            ..self.metrics.clone()
-        }
-    }
-
-    fn describe(&self) -> String {
-        let url = &self.config.target.url;
-        let reconnects = self.status.reconnects;
-        match self.status.state {
-            State::Connecting => format!("connecting to {url}, {reconnects} reconnects"),
-            State::Connected => match self.status.rtt_ms {
-                Some(rtt) => {
-                    format!("connected to {url}, rtt {rtt:.1} ms, {reconnects} reconnects")
-                }
-                None => format!("connected to {url}, {reconnects} reconnects"),
-            },
-            State::Backoff => format!(
-                "waiting to reconnect to {url}: {}",
-                self.status.last_error.as_deref().unwrap_or("")
-            ),
-            State::Stopped => format!("stopped, {reconnects} reconnects"),
-        }
-    }
-
-    fn notify(&self, states: &[Notify]) {
-        if let Some(notifier) = &self.systemd.notifier {
-            notifier.notify(states);
-        }
-    }
 }
 
 /// The machine's settings for `config`: the status is refreshed only if someone reads
 /// it (a status file or systemd), at most once per ping interval and [`MIN_REFRESH`].
-fn settings(config: &Config, systemd: &Systemd, status_file: bool) -> Settings {
-    let reports_status = status_file || systemd.notifier.is_some();
+fn settings(config: &Config, watchdog: Option<Duration>, reports_status: bool) -> Settings {
     Settings {
         once: config.once,
         max_retries: config.max_retries,
         heartbeat_off: config.ping_interval.is_zero(),
-        watchdog: systemd.watchdog,
+        watchdog,
         refresh: reports_status.then(|| config.ping_interval.max(MIN_REFRESH)),
     }
 }
@@ -840,10 +754,4 @@ fn ws_config(config: &Config) -> WebSocketConfig {
         )
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size))
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -2,6 +2,7 @@
 //! read and checked at start-up (and on SIGHUP), and the native-tls connector
 //! built from it only when a `wss://` URL needs one.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 
@@ -88,7 +89,6 @@ const HASHED_ROOTS_DIR: &str = "/etc/ssl/certs";
 ///
 /// Call it before any other thread starts: it sets environment variables, which
 /// OpenSSL and native-tls read when the first connector is built.
-#[allow(unsafe_code)]
 pub fn prefer_hashed_system_roots() {
     if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
         return;
@@ -100,11 +100,12 @@ pub fn prefer_hashed_system_roots() {
         .filter_map(Result::ok)
         .any(|entry| is_hash_link_name(&entry.file_name().to_string_lossy()));
     if hashed {
-        // SAFETY: called from `run` before it starts any thread, so nothing reads
-        // the environment concurrently.
-        unsafe {
-            std::env::set_var("SSL_CERT_FILE", "/dev/null");
-            std::env::set_var("SSL_CERT_DIR", HASHED_ROOTS_DIR);
+        let set = crate::os::set_env_single_threaded(&[
+            ("SSL_CERT_FILE", OsStr::new("/dev/null")),
+            ("SSL_CERT_DIR", OsStr::new(HASHED_ROOTS_DIR)),
+        ]);
+        if !set {
+            log::debug!("threads are running: OpenSSL's default roots stay");
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +25,7 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::config::Target;
 use crate::dial::{self, Wake};
 use crate::error::{ConnectError, Stage};
+use crate::os;
 use crate::proxy::{self, Proxy};
 use crate::tls::Connector;
 use crate::traffic::Traffic;
@@ -61,26 +62,7 @@ impl Socket {
     }
 
     fn read_draining(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: the pointer and length describe `buf`, writable for its whole
-            // length; the descriptor is owned by `self.tcp` and open.
-            #[allow(unsafe_code)]
-            let n = unsafe {
-                libc::recv(
-                    self.tcp.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if let Ok(n) = usize::try_from(n) {
-                return Ok(n);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        os::recv_dontwait(self.tcp.as_fd(), buf)
     }
 }
 

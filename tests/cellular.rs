@@ -165,7 +165,9 @@ mod prometheus {
 
     use super::{number, status, wait_status};
     use crate::util::server::{Behavior, Server};
-    use crate::util::{TempDir, WAIT, Wsbeat, poll_until, refused_url, scaled, spawn_checked};
+    use crate::util::{
+        TempDir, WAIT, Wsbeat, poll_until, refused_url, scaled, spawn_checked_through,
+    };
 
     /// Parses a text exposition with `prometheus_client.parser` and prints one line per
     /// family (`F name type help`) and per sample (`S name labels value`), tab-separated.
@@ -215,13 +217,14 @@ for fam in text_string_to_metric_families(text):
 
     /// Runs the real parser on `file` (bounded); panics with its stderr if it rejects it.
     fn parse(file: &Path) -> Parsed {
-        let mut child = spawn_checked(
+        let mut child = spawn_checked_through(
             Command::new(python())
                 .args(["-c", PARSE])
                 .arg(file)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
+            0,
         );
         let status = poll_until(WAIT(), || child.try_wait().ok().flatten());
         let Some(status) = status else {

@@ -6,20 +6,19 @@
 //! The peers come from `scripts/install-peers.sh` (into `target/peers/`, nginx from
 //! apt); the servers are `bench/peers/*_server.*` and `bench/nginx/`. The tests start
 //! them and kill them on drop. Missing peers fail the tests with the command to run:
-//! they are never skipped silently. Separate test target: `cargo test --features interop --test interop`.
+//! they are never skipped silently. Built into the integration binary with the `interop`
+//! feature: `cargo test --features interop --test integration interop::`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::util::{Running, TempDir, WAIT, Wsbeat, free_port, ms, poll_until};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -65,30 +64,7 @@ fn nginx_present() -> bool {
 
 // ------------------------------------------------------------------ helpers
 
-/// A temp dir removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "wsbeat-interop-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped on drop.
+/// A peer process killed (SIGKILL) and reaped on drop.
 struct Proc {
     child: Child,
     /// Kept open so peers that watch stdin for EOF die with the test process.
@@ -122,24 +98,12 @@ fn line_channel(r: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
-
+/// Whether something accepts connections on `port` within `timeout`.
 fn wait_listening(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-            .is_ok()
-        {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    false
+    poll_until(timeout, || {
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), ms(200)).ok()
+    })
+    .is_some()
 }
 
 // ------------------------------------------------------------------ peer servers
@@ -217,7 +181,7 @@ impl PeerServer {
     fn restart(&mut self, down_for: Duration) {
         self.proc.kill();
         thread::sleep(down_for);
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + WAIT();
         loop {
             // The port may linger for a moment; retry until it binds.
             match Self::spawn(self.kind, self.port, self.ping_every_ms) {
@@ -243,9 +207,9 @@ struct Nginx {
 impl Nginx {
     fn start(backend: u16) -> Nginx {
         require("nginx (apt-get install nginx)", nginx_present());
-        let dir = TempDir::new("nginx");
+        let dir = TempDir::new();
         let out = Command::new(repo().join("bench/nginx/gen-certs.sh"))
-            .arg(&dir.0)
+            .arg(dir.path())
             .output()
             .expect("run bench/nginx/gen-certs.sh (needs the openssl CLI)");
         assert!(
@@ -253,7 +217,7 @@ impl Nginx {
             "gen-certs.sh failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (proc, port) = Self::spawn(&dir.0, backend, None);
+        let (proc, port) = Self::spawn(dir.path(), backend, None);
         Nginx {
             port,
             backend,
@@ -278,7 +242,7 @@ impl Nginx {
                 child,
                 _stdin: None,
             };
-            if wait_listening(port, WAIT) {
+            if wait_listening(port, WAIT()) {
                 return (proc, port);
             }
             proc.kill();
@@ -288,123 +252,72 @@ impl Nginx {
     }
 
     fn ca(&self) -> PathBuf {
-        self.dir.0.join("ca.pem")
+        self.dir.join("ca.pem")
     }
 
     fn restart(&mut self) {
         self.proc.kill();
-        let (proc, _) = Self::spawn(&self.dir.0, self.backend, Some(self.port));
+        let (proc, _) = Self::spawn(self.dir.path(), self.backend, Some(self.port));
         self.proc = proc;
     }
 }
 
 // ------------------------------------------------------------------ wsbeat
 
-/// The real binary, with piped stdio and a status file.
-struct Wsbeat {
-    proc: Proc,
-    stdin: ChildStdin,
-    stdout: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
+/// The real binary (util's runner) with short timings and a status file.
+struct Client {
+    run: Running,
     status: PathBuf,
     _dir: TempDir,
-    cmdline: String,
 }
 
-impl Wsbeat {
-    fn start(url: &str, extra: &[&str]) -> Wsbeat {
-        let dir = TempDir::new("wsbeat");
-        let status = dir.0.join("status");
-        let mut args: Vec<String> = vec![
-            url.into(),
-            "--ping-interval".into(),
-            "200ms".into(),
-            "--pong-timeout".into(),
-            "1s".into(),
-            "--backoff-initial".into(),
-            "50ms".into(),
-            "--backoff-max".into(),
-            "300ms".into(),
-            "--connect-timeout".into(),
-            "2s".into(),
-            "--status-file".into(),
-            status.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let cmdline = format!("{} {}", env!("CARGO_BIN_EXE_wsbeat"), args.join(" "));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsbeat"))
-            .args(&args)
-            .env("RUST_LOG", "debug")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wsbeat");
-        let stdin = child.stdin.take().expect("stdin piped");
-        let stdout = line_channel(child.stdout.take().expect("stdout piped"));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let err_lines = line_channel(child.stderr.take().expect("stderr piped"));
-        let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
-            for line in err_lines {
-                let mut s = sink.lock().expect("stderr buffer lock");
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Wsbeat {
-            proc: Proc {
-                child,
-                _stdin: None,
-            },
-            stdin,
-            stdout,
-            stderr,
+impl Client {
+    fn start(url: &str, extra: &[&str]) -> Client {
+        let dir = TempDir::new();
+        let status = dir.join("status");
+        let run = Wsbeat::new()
+            .arg(url)
+            .args(["--ping-interval", "200ms", "--pong-timeout", "1s"])
+            .args(["--backoff-initial", "50ms", "--backoff-max", "300ms"])
+            .args(["--connect-timeout", "2s", "--status-file"])
+            .arg(&status)
+            .args(extra)
+            .spawn();
+        Client {
+            run,
             status,
             _dir: dir,
-            cmdline,
         }
     }
 
     fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").expect("write wsbeat stdin");
-        self.stdin.flush().expect("flush wsbeat stdin");
+        self.run.write_line(line);
     }
 
     /// The next stdout line that satisfies `pred`, within `timeout`.
-    fn expect_line(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => self.fail(&format!(
-                    "no stdout line {what} within {timeout:?}; other lines: {seen:?}"
-                )),
-            }
+    fn expect_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        match self.run.wait_line(timeout, pred) {
+            Some(line) => line,
+            None => self.fail(&format!("no stdout line {what} within {timeout:?}")),
         }
     }
 
     /// Sends `line` (repeatedly, since a line sent into a dying connection may be lost)
     /// until it comes back on stdout.
     fn echo(&mut self, line: &str) {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + WAIT();
         while Instant::now() < deadline {
             self.send(line);
-            let until = Instant::now() + Duration::from_secs(1);
-            while let Some(left) = until.checked_duration_since(Instant::now()) {
-                match self.stdout.recv_timeout(left) {
-                    Ok(l) if l == line => return,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
+            if self.run.wait_line(ms(1000), |l| l == line).is_some() {
+                return;
             }
         }
-        self.fail(&format!("{line:?} was not echoed within {WAIT:?}"));
+        self.fail(&format!("{line:?} was not echoed within {:?}", WAIT()));
     }
 
     fn status(&self) -> HashMap<String, String> {
@@ -425,20 +338,13 @@ impl Wsbeat {
 
     /// Waits until the status file satisfies `pred`; returns it.
     fn wait_status(
-        &self,
+        &mut self,
         what: &str,
         pred: impl Fn(&HashMap<String, String>) -> bool,
     ) -> HashMap<String, String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let st = self.status();
-            if pred(&st) {
-                return st;
-            }
-            if Instant::now() >= deadline {
-                self.fail(&format!("status file never showed {what}; last: {st:?}"));
-            }
-            thread::sleep(Duration::from_millis(20));
+        match poll_until(WAIT(), || Some(self.status()).filter(|st| pred(st))) {
+            Some(st) => st,
+            None => self.fail(&format!("status file never showed {what}")),
         }
     }
 
@@ -449,14 +355,14 @@ impl Wsbeat {
             .unwrap_or(0)
     }
 
-    fn wait_connected(&self) -> HashMap<String, String> {
+    fn wait_connected(&mut self) -> HashMap<String, String> {
         self.wait_status("state=connected", |s| {
             s.get("state").map(String::as_str) == Some("connected")
         })
     }
 
     /// Waits for `reconnects` > `before` and state=connected.
-    fn wait_reconnected(&self, before: u64) {
+    fn wait_reconnected(&mut self, before: u64) {
         self.wait_status(&format!("reconnects > {before} and connected"), |s| {
             s.get("reconnects")
                 .and_then(|v| v.parse::<u64>().ok())
@@ -466,23 +372,19 @@ impl Wsbeat {
         });
     }
 
-    fn stderr_contains(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.stderr.lock().expect("stderr lock").contains(needle) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+    fn stderr_contains(&mut self, needle: &str, timeout: Duration) -> bool {
+        poll_until(timeout, || {
+            self.run.output().stderr.contains(needle).then_some(())
+        })
+        .is_some()
     }
 
     /// The server's `stats` answer as numbers.
     fn server_stats(&mut self) -> HashMap<String, f64> {
         self.send("stats");
-        let line = self.expect_line("starting with `stats `", WAIT, |l| l.starts_with("stats "));
+        let line = self.expect_line("starting with `stats `", WAIT(), |l| {
+            l.starts_with("stats ")
+        });
         line.split_whitespace()
             .skip(1)
             .filter_map(|kv| kv.split_once('='))
@@ -490,20 +392,10 @@ impl Wsbeat {
             .collect()
     }
 
+    /// Panics with `msg` and the status file; the runner prints the command, stdout and
+    /// stderr as it is dropped.
     fn fail(&self, msg: &str) -> ! {
-        let _ = std::io::stderr().flush();
-        panic!(
-            "{msg}\ncommand: {}\nstatus file: {:?}\nwsbeat stderr:\n{}",
-            self.cmdline,
-            self.status(),
-            self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Wsbeat {
-    fn drop(&mut self) {
-        self.proc.kill();
+        panic!("{msg}\nstatus file: {:?}", self.status());
     }
 }
 
@@ -547,7 +439,7 @@ impl Setup {
         }
     }
 
-    fn wsbeat(&self, extra: &[&str]) -> Wsbeat {
+    fn wsbeat(&self, extra: &[&str]) -> Client {
         let ca;
         let mut args: Vec<&str> = extra.to_vec();
         if let Some(n) = &self.nginx {
@@ -555,7 +447,7 @@ impl Setup {
             args.push("--ca-file");
             args.push(&ca);
         }
-        Wsbeat::start(&self.url(), &args)
+        Client::start(&self.url(), &args)
     }
 }
 
@@ -567,7 +459,7 @@ fn echo(setup: Setup) {
     w.wait_connected();
     for line in ["hello", "two words", "ünïcödé ✓", "{\"json\":[1,2,3]}"] {
         w.send(line);
-        w.expect_line(&format!("{line:?}"), WAIT, |l| l == line);
+        w.expect_line(&format!("{line:?}"), WAIT(), |l| l == line);
     }
 }
 
@@ -607,7 +499,7 @@ fn heartbeat_both_ways(setup: Setup) {
     assert!(pongs >= pings - 1.0, "server pings unanswered: {stats:?}");
     // One on demand, timed by the server.
     w.send("server-ping");
-    let line = w.expect_line("server-pong", WAIT, |l| l.starts_with("server-pong"));
+    let line = w.expect_line("server-pong", WAIT(), |l| l.starts_with("server-pong"));
     assert!(
         line.starts_with("server-pong rtt_ms="),
         "server ping not answered: {line}"

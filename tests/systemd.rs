@@ -8,7 +8,6 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -16,10 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Kind, Server};
-use crate::util::{
-    StdinFlood, TempDir, WAIT, Wsbeat, clean_command, ms, poll_until, refused_url, scaled,
-    send_signal, spawn_checked,
-};
+use crate::util::{StdinFlood, TempDir, WAIT, Wsbeat, ms, poll_until, refused_url, scaled};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -230,43 +226,6 @@ fn shell_word(raw: &str) -> Option<String> {
 fn journal_stream_of(file: &File) -> String {
     let meta = file.metadata().expect("stat log file");
     format!("{}:{}", meta.dev(), meta.ino())
-}
-
-/// Runs wsbeat with stderr going to `log` (a file, so its device:inode can be named), stdin
-/// from /dev/null, and `envs` on top of a scrubbed environment. `until` runs while the child
-/// is alive; if it returns true the child then gets SIGTERM. Returns the exit code (bounded
-/// wait; `None` if the child had to be killed).
-fn run_with_stderr_file(
-    args: &[String],
-    envs: &[(&str, String)],
-    log: &File,
-    until: impl FnOnce() -> bool,
-) -> Option<i32> {
-    let mut cmd = clean_command();
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.try_clone().expect("dup log file"));
-    let mut child = spawn_checked(&mut cmd);
-    if until() && child.try_wait().ok().flatten().is_none() {
-        send_signal(child.id(), libc::SIGTERM);
-    }
-    let deadline = Instant::now() + WAIT();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.code();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        // Exit has no event to wait on with std alone; poll try_wait, bounded.
-        thread::sleep(ms(10));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -852,19 +811,24 @@ fn log_of_a_connected_run(stream_of: impl FnOnce(&File) -> String) -> String {
     let server = Server::start(Behavior::default());
     let log_path = dir.join("stderr.log");
     let log = File::create(&log_path).expect("create log");
-    let code = run_with_stderr_file(
-        &["--ping-interval".into(), "200ms".into(), server.url()],
-        &[
-            ("JOURNAL_STREAM", stream_of(&log)),
-            ("RUST_LOG", "info".into()),
-        ],
-        &log,
-        || {
-            expect_client_connected(&server, 0);
-            true
-        },
+    let mut wsbeat = Wsbeat::new()
+        .args(["--ping-interval", "200ms"])
+        .arg(server.url())
+        .env("JOURNAL_STREAM", stream_of(&log))
+        .env("RUST_LOG", "info")
+        .stdin_null()
+        .stderr_to(&log_path)
+        .spawn();
+    expect_client_connected(&server, 0);
+    if wsbeat.is_running() {
+        wsbeat.signal(libc::SIGTERM);
+    }
+    assert_eq!(
+        wsbeat.wait_exit(WAIT()),
+        Some(0),
+        "{}",
+        wsbeat.output().dump()
     );
-    assert_eq!(code, Some(0));
     std::fs::read_to_string(&log_path).expect("read log")
 }
 
@@ -890,21 +854,16 @@ fn journal_stream_prefixes_failures_and_the_give_up_reason() {
     let dir = TempDir::new();
     let log_path = dir.join("fail.log");
     let log = File::create(&log_path).expect("create log");
-    let stream = journal_stream_of(&log);
-    let code = run_with_stderr_file(
-        &[
-            "--max-retries".into(),
-            "2".into(),
-            "--backoff-initial".into(),
-            "10ms".into(),
-            refused_url(),
-        ],
-        &[("JOURNAL_STREAM", stream), ("RUST_LOG", "info".into())],
-        &log,
-        || false,
-    );
-    let text = std::fs::read_to_string(&log_path).expect("read log");
-    assert_eq!(code, Some(1), "{text}");
+    let out = Wsbeat::new()
+        .args(["--max-retries", "2", "--backoff-initial", "10ms"])
+        .arg(refused_url())
+        .env("JOURNAL_STREAM", journal_stream_of(&log))
+        .env("RUST_LOG", "info")
+        .stdin_null()
+        .stderr_to(&log_path)
+        .run(WAIT());
+    let text = out.stderr;
+    assert_eq!(out.code, Some(1), "{text}");
     // Every line, the final reason for giving up included, so `journalctl -p err` finds it.
     let lines = journal_lines(&text)
         .unwrap_or_else(|line| panic!("line without <N> prefix: {line:?}\n{text}"));

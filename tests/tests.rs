@@ -1,4 +1,6 @@
-//! End-to-end tests: the real `wsbeat` binary and library against in-process servers and a fault-injecting proxy.
+//! End-to-end tests: the real `wsbeat` binary and library against in-process servers and a
+//! fault-injecting proxy, and with the `interop` feature against third-party peers. One
+//! binary (`[[test]] name = "integration"`); helpers in `util`.
 
 mod util;
 
@@ -9,7 +11,11 @@ mod data;
 mod hardening;
 mod heartbeat;
 mod hostile;
+// Needs third-party peers (scripts/install-peers.sh); ripgrep gates its modules the same way.
+#[cfg(feature = "interop")]
+mod interop;
 mod link_watch;
+mod manpage;
 mod nat;
 mod network;
 mod reconnect;

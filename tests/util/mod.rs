@@ -8,13 +8,14 @@
 //! API summary (kept stable; `tests/systemd.rs` uses it too):
 //! - [`TempDir::new`], [`TempDir::path`], [`TempDir::write`]: a directory removed on drop.
 //! - [`Wsbeat::new`] (builder: [`Wsbeat::arg`], [`Wsbeat::args`], [`Wsbeat::env`],
-//!   [`Wsbeat::stdin_null`]) then [`Wsbeat::run`] (wait for exit, bounded) or [`Wsbeat::spawn`]
+//!   [`Wsbeat::stdin_null`], [`Wsbeat::stderr_to`] a file) then [`Wsbeat::run`] (wait for exit,
+//!   bounded) or [`Wsbeat::spawn`]
 //!   → [`Running`] (stdout lines over a channel, stdin writer, `/proc` counts, signals, kill on
 //!   drop; command, stdout and stderr are printed if the test panics).
 //! - [`scaled`] / [`WAIT`]: time bounds stretched by `WSBEAT_TEST_TIME_SCALE` (emulation).
 //! - [`free_port`]: a port nobody listens on (connection refused).
-//! - [`spawn_checked`]: spawn and make sure the child reached exec; [`watchdog`]: a per-test
-//!   budget for the whole binary.
+//! - [`spawn_checked_through`]: spawn and make sure the child reached exec; [`watchdog`]: a
+//!   per-test budget for the whole binary.
 //!
 //! Nothing here forks except to start `wsbeat` itself: under qemu-user a fork of this
 //! multi-threaded binary can deadlock before exec, so signals go out with `kill(2)`, not by
@@ -191,13 +192,9 @@ pub fn clean_command_within(wrapper: &[OsString]) -> Command {
 /// multi-threaded binary can deadlock before exec; the test would then wait for a `wsbeat`
 /// that never starts, and fail much later as if wsbeat were at fault. Instead the stuck child
 /// is killed and the test fails at once, saying so. Natively `spawn` returns after the exec
-/// (posix_spawn's vfork), so this costs one read of `/proc`.
-pub fn spawn_checked(cmd: &mut Command) -> Child {
-    spawn_checked_through(cmd, 0)
-}
-
-/// [`spawn_checked`] for a command whose first `wrapper` words exec the rest (`ip netns exec
-/// <ns> …`): the child has reached exec once it shows the rest's argv.
+/// (posix_spawn's vfork), so this costs one read of `/proc`. When the command's first
+/// `wrapper` words exec the rest (`ip netns exec <ns> …`), the child has reached exec once it
+/// shows the rest's argv.
 pub fn spawn_checked_through(cmd: &mut Command, wrapper: usize) -> Child {
     let mut expected = Vec::new();
     for part in std::iter::once(cmd.get_program())
@@ -244,6 +241,7 @@ pub struct Wsbeat {
     envs: Vec<(OsString, OsString)>,
     stdin_null: bool,
     stdout_null: bool,
+    stderr_file: Option<PathBuf>,
 }
 
 impl Default for Wsbeat {
@@ -262,6 +260,7 @@ impl Wsbeat {
             envs: vec![("RUST_LOG".into(), "debug".into())],
             stdin_null: false,
             stdout_null: false,
+            stderr_file: None,
         }
     }
 
@@ -332,6 +331,15 @@ impl Wsbeat {
         self
     }
 
+    /// Sends the child's stderr to the file at `path` (created if missing, appended to)
+    /// instead of a pipe, e.g. so that `JOURNAL_STREAM` can name its device and inode;
+    /// [`Running::output`] reads it back. The child's exit is then seen by the end of its
+    /// stdout, which must stay a pipe (not [`Wsbeat::stdout_null`]).
+    pub fn stderr_to(mut self, path: impl Into<PathBuf>) -> Wsbeat {
+        self.stderr_file = Some(path.into());
+        self
+    }
+
     /// Runs the binary inside network namespace `ns` (`ip netns exec <ns>`, so the files of
     /// `/etc/netns/<ns>/` such as `hosts` apply).
     pub fn in_netns(mut self, ns: &str) -> Wsbeat {
@@ -368,8 +376,12 @@ impl Wsbeat {
         s
     }
 
-    /// Starts the child with piped stdin/stdout/stderr.
+    /// Starts the child with piped stdin/stdout/stderr (unless set otherwise above).
     pub fn spawn(&self) -> Running {
+        assert!(
+            !(self.stdout_null && self.stderr_file.is_some()),
+            "stdout_null with stderr_to leaves no pipe whose end shows the child's exit"
+        );
         let mut cmd = self.command();
         cmd.stdin(if self.stdin_null {
             Stdio::null()
@@ -381,16 +393,29 @@ impl Wsbeat {
         } else {
             Stdio::piped()
         })
-        .stderr(Stdio::piped());
+        .stderr(match &self.stderr_file {
+            None => Stdio::piped(),
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("open {} for stderr: {e}", path.display()))
+                .into(),
+        });
         let mut child = spawn_checked_through(&mut cmd, self.wrapper.len());
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
-        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr = child.stderr.take();
 
+        // Each pipe from the child ends when it exits (nothing else holds them): that is the
+        // event `wait_exit` blocks on. Each reader holds a sender; the last one dropped says it.
+        let (pipe_open, pipes_closed) = mpsc::channel::<()>();
         let (line_tx, lines) = mpsc::channel();
         let stdout_log = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&stdout_log);
+        let open = pipe_open.clone();
         let stdout_thread = thread::spawn(move || {
+            let _open = open;
             let Some(stdout) = stdout else { return };
             let mut r = BufReader::new(stdout);
             loop {
@@ -414,12 +439,9 @@ impl Wsbeat {
         });
         let stderr_log = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&stderr_log);
-        // The child's stderr ends when it exits (nothing else holds the pipe): that is the
-        // event `wait_exit` blocks on. Dropping the sender says it.
-        let (stderr_open, stderr_closed) = mpsc::channel::<()>();
         let stderr_thread = thread::spawn(move || {
-            let _open = stderr_open;
-            let mut r = stderr;
+            let _open = pipe_open;
+            let Some(mut r) = stderr else { return };
             let mut buf = [0u8; 4096];
             loop {
                 match r.read(&mut buf) {
@@ -437,7 +459,8 @@ impl Wsbeat {
             pending: VecDeque::new(),
             stdout_log,
             stderr_log,
-            stderr_closed,
+            stderr_file: self.stderr_file.clone(),
+            pipes_closed,
             readers: vec![stdout_thread, stderr_thread],
             status: None,
         }
@@ -502,8 +525,10 @@ pub struct Running {
     pending: VecDeque<String>,
     stdout_log: Arc<Mutex<Vec<String>>>,
     stderr_log: Arc<Mutex<Vec<u8>>>,
-    /// Disconnects when the child's stderr reaches EOF, i.e. when the child has exited.
-    stderr_closed: Receiver<()>,
+    /// Where stderr goes instead of `stderr_log`, if [`Wsbeat::stderr_to`] said so.
+    stderr_file: Option<PathBuf>,
+    /// Disconnects when the child's pipes (stdout, stderr) reach EOF, i.e. when it has exited.
+    pipes_closed: Receiver<()>,
     readers: Vec<thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
@@ -589,7 +614,7 @@ impl Running {
         if let Some(s) = self.try_status() {
             return Some(code_of(s));
         }
-        match self.stderr_closed.recv_timeout(timeout) {
+        match self.pipes_closed.recv_timeout(timeout) {
             Err(RecvTimeoutError::Timeout) => None,
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                 let s = self.child.wait().expect("wait for the child");
@@ -645,8 +670,13 @@ impl Running {
             command: self.desc.clone(),
             code: status.map(code_of),
             stdout: self.stdout_log.lock().expect("stdout log").join("\n"),
-            stderr: String::from_utf8_lossy(&self.stderr_log.lock().expect("stderr log"))
-                .into_owned(),
+            stderr: match &self.stderr_file {
+                Some(path) => {
+                    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+                }
+                None => String::from_utf8_lossy(&self.stderr_log.lock().expect("stderr log"))
+                    .into_owned(),
+            },
         }
     }
 

@@ -5,9 +5,10 @@
 //! (armv7 CI, twice in two runs). A test waiting without a bound on such a child held the
 //! target's whole run until `scripts/cross-test.sh`'s 900 s `TEST_TIMEOUT`, and the log said
 //! only "timed out". Every helper in `util` waits with a bound, signals are sent without a
-//! fork, and [`super::spawn_checked`] fails fast when a child never reaches exec; this is the
-//! backstop for anything else. Budget: `WSBEAT_TEST_BUDGET_SECS`, else 60 s [`super::scaled`]
-//! (the slowest test takes about 15 s natively, and emulation gets the usual factor).
+//! fork, and [`super::spawn_checked_through`] fails fast when a child never reaches exec; this
+//! is the backstop for anything else. Budget: `WSBEAT_TEST_BUDGET_SECS`, else 60 s
+//! [`super::scaled`] (the slowest test takes about 15 s natively, and emulation gets the usual
+//! factor).
 //!
 //! libtest runs each test on its own thread, named after the test. The first call into
 //! `util` from such a thread ([`watch`]: `Wsbeat::new`, `Server::start*`, `TempDir::new`,

@@ -1,0 +1,246 @@
+//! The server URL → [`Target`]. Fuzzed through `fuzz/fuzz_targets/parse_args.rs`.
+
+use tungstenite::http::Uri;
+
+use super::{parse_number, quote};
+use crate::error::UsageError;
+
+/// Where to connect: the URL as given plus the parts the transport needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The URL as the user gave it (scheme lowercased, `/` added before a bare
+    /// `?query`); used for the handshake request and in logs.
+    pub url: String,
+    /// `wss://`.
+    pub tls: bool,
+    /// Host name or IP literal, without brackets.
+    pub host: String,
+    /// Explicit port, or 80/443 from the scheme.
+    pub port: u16,
+}
+
+impl Target {
+    /// Stands in for the target while the options are read: the URL is checked after
+    /// them, so that its error comes after theirs. Never leaves [`super::parse`].
+    pub(super) fn unset() -> Target {
+        Target {
+            url: String::new(),
+            tls: false,
+            host: String::new(),
+            port: 0,
+        }
+    }
+}
+
+/// Why a TLS option is refused by a build without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+pub(super) const WITHOUT_TLS: &str =
+    "this wsbeat was built without TLS (cargo feature \"tls\"); only ws:// works";
+
+/// `url` with the userinfo of its authority (`user:password@`, or a token before `@`)
+/// replaced by `***`, found by text alone so that URLs that fail to parse are covered too.
+fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
+/// Parses `url` into a [`Target`]; `flag` names where it came from in errors
+/// (`url` for the argument, `WSBEAT_URL` for the environment).
+///
+/// The scheme must be `ws` or `wss` (any case; it is lowercased in
+/// [`Target::url`]), a host must be present, and the port, when given, must be
+/// 1 to 65535. Credentials (`user:pass@`) and `#fragment`s are rejected: the
+/// first would leak into logs and never be sent, the second is forbidden by RFC 6455.
+pub fn parse_target(url: &str, flag: &str) -> Result<Target, UsageError> {
+    let error = |message: String| UsageError::new(flag, message);
+    // Every message shows the URL without its userinfo: it is a password or a token.
+    let shown = quote(&without_userinfo(url));
+    if url.contains('#') {
+        return Err(error(format!(
+            "{shown} has a #fragment, which a websocket URL cannot have"
+        )));
+    }
+    let uri: Uri = url.parse().map_err(|err| {
+        error(format!(
+            "invalid URL {shown} ({err}; use ws://host[:port]/path or wss://host[:port]/path)"
+        ))
+    })?;
+    let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+    let tls = match scheme.as_deref() {
+        Some("ws") => false,
+        #[cfg(not(feature = "tls"))]
+        Some("wss") => return Err(error(WITHOUT_TLS.into())),
+        #[cfg(feature = "tls")]
+        Some("wss") => true,
+        Some(other) => {
+            return Err(error(format!(
+                "unsupported scheme {} in {shown} (use ws:// or wss://)",
+                quote(other)
+            )));
+        }
+        None => {
+            return Err(error(format!(
+                "{shown} has no scheme (use ws://host[:port]/path or wss://host[:port]/path)"
+            )));
+        }
+    };
+    let Some(authority) = uri.authority() else {
+        return Err(error(format!("missing host in {shown}")));
+    };
+    if authority.as_str().contains('@') {
+        return Err(error(format!(
+            "credentials in {shown} are not supported (send them with --header or --header-file)"
+        )));
+    }
+    let raw_host = uri.host().unwrap_or("");
+    let after_host = authority.as_str().strip_prefix(raw_host).unwrap_or("");
+    let host = raw_host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(raw_host);
+    if host.is_empty() {
+        return Err(error(format!("missing host in {shown}")));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = match after_host.strip_prefix(':') {
+        None | Some("") => default_port,
+        Some(port) => match parse_number::<u16>(port) {
+            Some(port) if port != 0 => port,
+            _ => {
+                return Err(error(format!(
+                    "invalid port {} in {shown} (use 1 to 65535)",
+                    quote(port)
+                )));
+            }
+        },
+    };
+    // tungstenite needs the scheme in lower case and a path before a query.
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = if uri.scheme_str() == scheme.as_deref() && !path_and_query.starts_with('?') {
+        url.to_owned()
+    } else {
+        let slash = if path_and_query.starts_with('?') {
+            "/"
+        } else {
+            ""
+        };
+        format!(
+            "{}://{}{slash}{path_and_query}",
+            scheme.as_deref().unwrap_or("ws"),
+            authority.as_str()
+        )
+    };
+    Ok(Target {
+        url,
+        tls,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let target = |url: &str| parse_target(url, "url").unwrap();
+        let t = target("ws://example.com/ws");
+        assert_eq!((t.tls, t.host.as_str(), t.port), (false, "example.com", 80));
+        assert_eq!(t.url, "ws://example.com/ws");
+        let t = target("wss://example.com");
+        assert_eq!((t.tls, t.host.as_str(), t.port), (true, "example.com", 443));
+        assert_eq!(t.url, "wss://example.com");
+        let t = target("wss://example.com:8443/a/b?c=d&e");
+        assert_eq!((t.tls, t.port), (true, 8443));
+        assert_eq!(t.url, "wss://example.com:8443/a/b?c=d&e");
+        let t = target("ws://[::1]:9001/ws");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 9001));
+        assert_eq!(t.url, "ws://[::1]:9001/ws");
+        let t = target("wss://[2001:db8::1]/");
+        assert_eq!((t.host.as_str(), t.port, t.tls), ("2001:db8::1", 443, true));
+        let t = target("ws://127.0.0.1:65535");
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 65535));
+        // An empty port means the default one (RFC 3986).
+        assert_eq!(target("ws://h:/").port, 80);
+        // Normalised for tungstenite: lower-case scheme, '/' before a bare query.
+        let t = target("WSS://Example.com:444/P");
+        assert_eq!(
+            (t.url.as_str(), t.tls, t.port),
+            ("wss://Example.com:444/P", true, 444)
+        );
+        assert_eq!(target("ws://h?token=1").url, "ws://h/?token=1");
+    }
+
+    #[test]
+    fn bad_targets() {
+        let error = |url: &str| parse_target(url, "WSBEAT_URL").unwrap_err().to_string();
+        assert_eq!(
+            error("http://example.com/"),
+            "WSBEAT_URL: unsupported scheme 'http' in 'http://example.com/' (use ws:// or wss://)"
+        );
+        assert_eq!(
+            error("example.com"),
+            "WSBEAT_URL: 'example.com' has no scheme (use ws://host[:port]/path or wss://host[:port]/path)"
+        );
+        assert_eq!(
+            error("/ws"),
+            "WSBEAT_URL: '/ws' has no scheme (use ws://host[:port]/path or wss://host[:port]/path)"
+        );
+        assert_eq!(
+            error("ws:///ws"),
+            "WSBEAT_URL: invalid URL 'ws:///ws' (invalid format; use ws://host[:port]/path or wss://host[:port]/path)"
+        );
+        assert_eq!(
+            error("ws://:80/"),
+            "WSBEAT_URL: missing host in 'ws://:80/'"
+        );
+        assert_eq!(
+            error("ws://h:0/"),
+            "WSBEAT_URL: invalid port '0' in 'ws://h:0/' (use 1 to 65535)"
+        );
+        assert_eq!(
+            error("ws://h:65536/"),
+            "WSBEAT_URL: invalid port '65536' in 'ws://h:65536/' (use 1 to 65535)"
+        );
+        assert_eq!(
+            error("ws://h/#top"),
+            "WSBEAT_URL: 'ws://h/#top' has a #fragment, which a websocket URL cannot have"
+        );
+        assert_eq!(
+            error("wss://user:pw@h/"),
+            "WSBEAT_URL: credentials in 'wss://***@h/' are not supported (send them with --header or --header-file)"
+        );
+        // Never echoed, whatever else is wrong with the URL.
+        for url in [
+            "ws://user:pw@h/#top",
+            "ws://user:pw@h h/",
+            "http://user:pw@h/",
+            "ws://token@h:99999/",
+            "user:pw@h/ws",
+        ] {
+            let message = error(url);
+            assert!(
+                !message.contains("pw") && !message.contains("token"),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            without_userinfo("ws://a:b@c@h:1/p@q?x@y"),
+            "ws://***@h:1/p@q?x@y"
+        );
+        assert_eq!(without_userinfo("ws://h/p@q"), "ws://h/p@q");
+        assert!(error("ws://h h/").starts_with("WSBEAT_URL: invalid URL 'ws://h h/'"));
+        assert!(error("ws://[::1/").starts_with("WSBEAT_URL: invalid URL"));
+        assert!(error("").starts_with("WSBEAT_URL: invalid URL ''"));
+        // Messages stay on one line whatever the input.
+        let message = error("ws://a\nb/");
+        assert!(!message.contains('\n'), "{message}");
+    }
+}
