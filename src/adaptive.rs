@@ -18,8 +18,9 @@
 //! gap has failed, the next probe is the middle of `(good, bad)`, until `good` is
 //! within [`SETTLE_RATIO`] of `bad`; the interval then settles at
 //! [`OPERATING_MARGIN`] × `good`, which is inside `[0.6 T, T)` because
-//! `good >= 0.75 bad >= 0.75 T`. At most two or three connections are lost while
-//! searching, and the whole search takes minutes, not Mars' hours.
+//! `good >= 0.8 bad >= 0.8 T` (so at least 0.72 T). At most two or three
+//! connections are lost while searching, and the search takes minutes, not
+//! Mars' hours.
 //!
 //! Telling an idle timeout from an outage: a loss is only evidence once the next
 //! connect has succeeded at once ([`Adaptive::on_reconnected`]): the path works,
@@ -40,7 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The search ends once `good >= SETTLE_RATIO * bad`.
-pub const SETTLE_RATIO: f64 = 0.75;
+pub const SETTLE_RATIO: f64 = 0.8;
 /// The settled interval is this share of the longest gap proven safe (a margin for
 /// NAT timers that are not exact).
 pub const OPERATING_MARGIN: f64 = 0.9;
