@@ -253,3 +253,60 @@ fn auto_heartbeat_grows_to_max_where_the_nat_never_forgets() {
         gaps(&server)
     );
 }
+
+/// Fixed intervals behind the same NAT (issue 11): a heartbeat shorter than the NAT's idle
+/// timeout keeps the connection for good; a longer one loses the mapping silently, and the
+/// loss is detected within ping-interval + pong-timeout, followed by a new connection.
+#[test]
+fn fixed_heartbeat_below_the_nat_timeout_holds_and_above_it_is_detected() {
+    let name = "fixed_heartbeat_below_the_nat_timeout_holds_and_above_it_is_detected";
+    if !netns::netns_available(name) {
+        return;
+    }
+    watchdog::extend(scaled(secs(120)));
+    let t = secs(6);
+    let nat = Nat::new(Some(t));
+
+    // Below: a 2 s heartbeat for five NAT timeouts, one connection throughout.
+    let dir = TempDir::new();
+    let (server, mut w) = start(&nat, "2s", &dir);
+    server.expect_upgrades(scaled(secs(10)), 1);
+    let lost = server.wait_count(scaled(secs(30)), 2, Event::is_upgraded);
+    assert!(
+        lost.is_none(),
+        "a 2 s heartbeat lost the connection behind a {t:?} NAT\n{}\n{}",
+        server.dump(),
+        w.output().dump()
+    );
+    assert!(pings_on(&server, 0).len() >= 10, "{}", server.dump());
+    drop(w);
+
+    // Above: an 8 s heartbeat (pong timeout 2 s) meets a forgotten mapping at its first
+    // beat; dead within 8 + 2 s of the last answer, then a new connection.
+    let dir = TempDir::new();
+    let (server, mut w) = start(&nat, "8s", &dir);
+    let up = server.expect_upgrades(scaled(secs(10)), 1);
+    let second = server.wait_count(scaled(secs(25)), 2, Event::is_upgraded);
+    let Some(second) = second else {
+        panic!(
+            "an 8 s heartbeat behind a {t:?} NAT never lost the connection\n{}\n{}",
+            server.dump(),
+            w.output().dump()
+        );
+    };
+    let detected = second[1].at.duration_since(up.at);
+    // Detection: the heartbeat after 8 s idle, 2 s pong timeout, then the reconnect
+    // (backoff at most 2 s here) and its handshake.
+    assert!(
+        detected <= secs(8 + 2 + 2) + scaled(secs(2)),
+        "loss noticed {detected:?} after the upgrade\n{}",
+        w.output().dump()
+    );
+    assert!(
+        w.output().stderr.contains("no heartbeat answer"),
+        "{}",
+        w.output().dump()
+    );
+    assert!(nat.invalid_dropped() > 0, "no invalid segment dropped");
+    eprintln!("behind a {t:?} NAT an 8 s heartbeat: new connection {detected:?} after the first");
+}
