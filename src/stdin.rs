@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use crate::signals::{pipe, poll_forever, wake};
 
 /// Size of one `read(2)`.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 /// The running stdin thread.
 #[derive(Debug)]
@@ -169,7 +169,12 @@ impl LineSplitter {
             self.drop_line();
         }
         if !self.dropping {
-            on_line(String::from_utf8_lossy(&self.line).into_owned());
+            // The line's own buffer becomes the String (no second copy); only invalid
+            // UTF-8 is copied, with replacement characters.
+            let line = std::mem::take(&mut self.line);
+            let text = String::from_utf8(line)
+                .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
+            on_line(text);
         }
         self.line.clear();
         self.dropping = false;
