@@ -45,12 +45,11 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
 }
 
-/// `write(2)`, retried on `EINTR`.
-pub fn write(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+/// Runs `call` (a `read`/`write`-like call returning a count or -1) until it is
+/// not interrupted by a signal.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
-        // SAFETY: `data` is valid for reads of its length; `fd` is open for the call.
-        let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-        match usize::try_from(n) {
+        match usize::try_from(call()) {
             Ok(n) => return Ok(n),
             Err(_) => {
                 let err = io::Error::last_os_error();
@@ -62,46 +61,32 @@ pub fn write(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// `write(2)`, retried on `EINTR`.
+pub fn write(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of its length; `fd` is open for the call.
+    retry_interrupted(|| unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })
+}
+
 /// `read(2)`, retried on `EINTR`.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for writes of its length; `fd` is open for the call.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        match usize::try_from(n) {
-            Ok(n) => return Ok(n),
-            Err(_) => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
+    // SAFETY: `buf` is valid for writes of its length; `fd` is open for the call.
+    retry_interrupted(|| unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// `recv(2)` with `MSG_DONTWAIT`: this one read does not wait, whatever the
 /// socket's (shared) blocking flag says. Retried on `EINTR`.
 pub fn recv_dontwait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
+    retry_interrupted(|| {
         // SAFETY: `buf` is valid for writes of its length; `fd` is open for the call.
-        let n = unsafe {
+        unsafe {
             libc::recv(
                 fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 libc::MSG_DONTWAIT,
             )
-        };
-        match usize::try_from(n) {
-            Ok(n) => return Ok(n),
-            Err(_) => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
         }
-    }
+    })
 }
 
 /// `poll(2)` on `fds` for at most `timeout` (`None`: no timeout), rounded up to
