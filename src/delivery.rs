@@ -14,13 +14,14 @@
 //! bounded time to empty it ([`Delivery::wait_drained`]); what is still
 //! undelivered after that is discarded and counted ([`Delivery::discard`]).
 
-use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use crate::outbox::LineQueue;
+
 struct State {
-    texts: VecDeque<String>,
-    bytes: usize,
+    /// The outbox's byte-bounded queue, used connected-style: full means wait.
+    texts: LineQueue,
     /// Bumped when a connection ends, releasing its reader from a wait for room.
     generation: u64,
     closed: bool,
@@ -37,7 +38,6 @@ pub struct Delivery {
     ready: Condvar,
     /// Readers wait here for room; shutdown waits here for the buffer to empty.
     room: Condvar,
-    max_bytes: usize,
 }
 
 impl Delivery {
@@ -46,8 +46,7 @@ impl Delivery {
     pub fn new(max_bytes: usize) -> Delivery {
         Delivery {
             state: Mutex::new(State {
-                texts: VecDeque::new(),
-                bytes: 0,
+                texts: LineQueue::new(usize::MAX, max_bytes),
                 generation: 0,
                 closed: false,
                 delivering: false,
@@ -55,7 +54,6 @@ impl Delivery {
             }),
             ready: Condvar::new(),
             room: Condvar::new(),
-            max_bytes,
         }
     }
 
@@ -76,12 +74,18 @@ impl Delivery {
     pub fn push(&self, texts: &mut Vec<String>, generation: u64, on_full: impl FnOnce()) -> bool {
         let mut on_full = Some(on_full);
         let mut state = self.lock();
-        for text in texts.drain(..) {
+        for mut text in texts.drain(..) {
             loop {
-                let fits = state.texts.is_empty()
-                    || state.bytes.saturating_add(text.len()) <= self.max_bytes;
-                if fits || state.generation != generation || state.closed {
+                if state.closed {
+                    break; // stopping: nobody will deliver it
+                }
+                if state.generation != generation {
+                    state.texts.push_over_bound(text);
                     break;
+                }
+                match state.texts.admit(text, true) {
+                    Ok(_) => break,
+                    Err(refused) => text = refused,
                 }
                 if let Some(on_full) = on_full.take() {
                     on_full();
@@ -93,11 +97,6 @@ impl Delivery {
                     .unwrap_or_else(PoisonError::into_inner);
                 state.waiting -= 1;
             }
-            if state.closed {
-                continue; // stopping: nobody will deliver it
-            }
-            state.bytes += text.len();
-            state.texts.push_back(text);
         }
         self.ready.notify_one();
         on_full.is_none()
@@ -129,17 +128,7 @@ impl Delivery {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        let mut batch = Vec::new();
-        let mut size = 0usize;
-        while let Some(front) = state.texts.front() {
-            if !batch.is_empty() && size.saturating_add(front.len()) > budget {
-                break;
-            }
-            size += front.len();
-            let text = state.texts.pop_front().expect("front exists");
-            state.bytes -= text.len();
-            batch.push(text);
-        }
+        let batch = state.texts.take(budget);
         state.delivering = true;
         if state.waiting > 0 {
             self.room.notify_all();
@@ -182,9 +171,7 @@ impl Delivery {
     /// keep up); returns how many messages that was.
     pub fn discard(&self) -> usize {
         let mut state = self.lock();
-        let lost = state.texts.len();
-        state.texts.clear();
-        state.bytes = 0;
+        let lost = state.texts.take(usize::MAX).len();
         self.ready.notify_all();
         lost
     }
@@ -192,7 +179,7 @@ impl Delivery {
     #[cfg(test)]
     /// Bytes of message text waiting now.
     pub fn bytes(&self) -> usize {
-        self.lock().bytes
+        self.lock().texts.bytes()
     }
 }
 

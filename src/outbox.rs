@@ -94,6 +94,11 @@ impl LineQueue {
         taken
     }
 
+    /// Queues `line` whatever the bounds (the caller bounds how often).
+    pub fn push_over_bound(&mut self, line: String) {
+        self.push_back(line);
+    }
+
     /// Puts lines a writer took but could not send back at the front, in order.
     pub fn put_back(&mut self, lines: Vec<String>) {
         for line in lines.into_iter().rev() {
