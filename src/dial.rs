@@ -117,31 +117,7 @@ impl Schedule {
     }
 }
 
-/// An eventfd that ends a [`connect`] wait when signalled (by `transport::Abort`).
-#[derive(Debug)]
-pub struct Wake(OwnedFd);
-
-impl Wake {
-    /// A fresh, unsignalled wake.
-    pub fn new() -> io::Result<Wake> {
-        os::eventfd().map(Wake)
-    }
-
-    /// Makes every present and future [`connect`] on this wake return at once.
-    pub fn signal(&self) {
-        // A full counter (EAGAIN) is already signalled, so the result needs no handling.
-        let _ = os::write(self.0.as_fd(), &1u64.to_ne_bytes());
-    }
-
-    /// A `pollfd` waiting for the signal.
-    pub(crate) fn pollfd(&self) -> libc::pollfd {
-        libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }
-    }
-}
+pub use crate::os::Wake;
 
 /// Connects to one of `addrs` (resolver order) with Happy Eyeballs before `deadline`.
 /// Returns the first socket to connect, blocking again; the others are closed. A

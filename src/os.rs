@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
@@ -111,6 +111,45 @@ pub fn poll_forever(fds: &mut [libc::pollfd]) -> io::Result<()> {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Waits until one of `fds` is readable (or hung up), no timeout, retrying
+/// `EINTR`; the `revents` of each.
+pub fn poll_readable<const N: usize>(fds: [BorrowedFd<'_>; N]) -> io::Result<[libc::c_short; N]> {
+    let mut pollfds = fds.map(|fd| pollfd(fd, libc::POLLIN));
+    poll_forever(&mut pollfds)?;
+    Ok(pollfds.map(|p| p.revents))
+}
+
+/// An eventfd that one thread signals to end another's `poll(2)` wait: a connect
+/// race (`transport::Abort`), and the stdin, signals, output and link-watch
+/// threads at shutdown. Once signalled it stays readable, so a signal that comes
+/// before the wait is not lost.
+#[derive(Debug)]
+pub struct Wake(OwnedFd);
+
+impl Wake {
+    /// A fresh, unsignalled wake.
+    pub fn new() -> io::Result<Wake> {
+        eventfd().map(Wake)
+    }
+
+    /// Ends every present and future wait on this wake.
+    pub fn signal(&self) {
+        // A full counter (EAGAIN) is already signalled, so the result needs no handling.
+        let _ = write(self.0.as_fd(), &1u64.to_ne_bytes());
+    }
+
+    /// A `pollfd` waiting for the signal.
+    pub fn pollfd(&self) -> libc::pollfd {
+        pollfd(self.0.as_fd(), libc::POLLIN)
+    }
+}
+
+impl AsFd for Wake {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 

@@ -7,8 +7,8 @@
 //! byte (the signal number) to the pipe, keeping `errno` intact. A full pipe
 //! drops the byte, which is harmless: a byte of the same kind is already waiting.
 //! [`SignalListener::spawn`] starts a thread that blocks in `poll(2)` on the
-//! pipe and on a private wake pipe, with no timeout, and calls the callback for
-//! each byte read. [`SignalThread::stop`] writes to the wake pipe and joins.
+//! pipe and on a private wake eventfd, with no timeout, and calls the callback for
+//! each byte read. [`SignalThread::stop`] signals the wake and joins.
 //!
 //! # Ordering
 //!
@@ -36,9 +36,10 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::os::{self, Disposition};
+use crate::os::{self, Disposition, Wake};
 
 /// What a signal asks of the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,29 +67,12 @@ const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 /// The signals we ignore (see the module docs).
 const IGNORED: [libc::c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
 
-/// A pipe as (read end, write end), both close-on-exec, non-blocking if asked.
-pub(crate) use crate::os::pipe;
-
-/// Waits until one of `fds` is readable (or hung up), no timeout; the `revents` of each.
-pub(crate) fn poll_forever<const N: usize>(
-    fds: [BorrowedFd<'_>; N],
-) -> io::Result<[libc::c_short; N]> {
-    let mut pollfds = fds.map(|fd| os::pollfd(fd, libc::POLLIN));
-    os::poll_forever(&mut pollfds)?;
-    Ok(pollfds.map(|p| p.revents))
-}
-
 /// Reads what is available from non-blocking `fd` into `buf`; 0 means nothing.
 fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     match os::read(fd, buf) {
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(0),
         other => other,
     }
-}
-
-/// Writes one byte to `fd`, ignoring a full pipe (the reader is awake anyway).
-pub(crate) fn wake(fd: &OwnedFd) {
-    let _ = os::write(fd.as_fd(), &[1]);
 }
 
 /// Handlers installed, signals collected in a pipe, not yet delivered anywhere.
@@ -123,7 +107,7 @@ impl SignalListener {
     /// SIGUSR2. Call before spawning any thread. Fails only if the pipe or `sigaction` fails (then exit: the
     /// service could not be stopped cleanly).
     pub fn install() -> io::Result<SignalListener> {
-        let (read, write) = pipe(true)?;
+        let (read, write) = os::pipe(true)?;
         os::set_signal_pipe(Some(write.as_fd()));
         // From here on, an error drops `installed`, restoring the defaults.
         let installed = Installed { write };
@@ -143,14 +127,15 @@ impl SignalListener {
         self,
         mut on_signal: impl FnMut(Signal) + Send + 'static,
     ) -> io::Result<SignalThread> {
-        let (wake_read, wake_write) = pipe(true)?;
+        let wake = Arc::new(Wake::new()?);
+        let stop = Arc::clone(&wake);
         let SignalListener { read, installed } = self;
         let handle = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 let mut buf = [0u8; 64];
                 loop {
-                    let revents = match poll_forever([read.as_fd(), wake_read.as_fd()]) {
+                    let revents = match os::poll_readable([read.as_fd(), stop.as_fd()]) {
                         Ok(revents) => revents,
                         Err(err) => {
                             log::error!("signals: poll: {err}");
@@ -179,7 +164,7 @@ impl SignalListener {
             })?;
         Ok(SignalThread {
             handle,
-            wake: wake_write,
+            wake,
             installed,
         })
     }
@@ -189,7 +174,7 @@ impl SignalListener {
 #[derive(Debug)]
 pub struct SignalThread {
     handle: JoinHandle<()>,
-    wake: OwnedFd,
+    wake: Arc<Wake>,
     installed: Installed,
 }
 
@@ -199,11 +184,11 @@ impl SignalThread {
     pub fn stop(self) {
         let SignalThread {
             handle,
-            wake: wake_fd,
+            wake,
             installed,
         } = self;
         drop(installed);
-        wake(&wake_fd);
+        wake.signal();
         if handle.join().is_err() {
             log::error!("signals: thread panicked");
         }

@@ -2,8 +2,8 @@
 //!
 //! [`spawn_reader`] duplicates the given descriptor (usually stdin) and reads it
 //! on its own thread, which blocks in `poll(2)` on that descriptor and on a
-//! private wake pipe, with no timeout. [`StdinReader::stop`] writes to the wake
-//! pipe and joins, so shutdown never waits for the user to type something.
+//! private wake (an eventfd), with no timeout. [`StdinReader::stop`] signals the
+//! wake and joins, so shutdown never waits for the user to type something.
 //!
 //! Reads go to the raw duplicate, never through `std::io::Stdin`'s buffer, so
 //! "poll says readable" and "data is available" always agree. The descriptor is
@@ -18,10 +18,11 @@
 //! ends the thread; it never ends the client.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::signals::{pipe, poll_forever, wake};
+use crate::os::{self, Wake};
 
 /// Size of one `read(2)`.
 const READ_CHUNK: usize = 64 * 1024;
@@ -30,14 +31,14 @@ const READ_CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct StdinReader {
     handle: JoinHandle<()>,
-    wake: OwnedFd,
+    wake: Arc<Wake>,
 }
 
 impl StdinReader {
     /// Wakes the thread and joins it; `on_eof` is not called. Returns at once
     /// if the thread has already ended at EOF. Lines still unread are lost.
     pub fn stop(self) {
-        wake(&self.wake);
+        self.wake.signal();
         if self.handle.join().is_err() {
             log::error!("stdin: thread panicked");
         }
@@ -59,14 +60,15 @@ pub fn spawn_reader(
     on_eof: impl FnOnce() + Send + 'static,
 ) -> io::Result<StdinReader> {
     let input = std::fs::File::from(input.as_fd().try_clone_to_owned()?);
-    let (wake_read, wake_write) = pipe(true)?;
+    let wake = Arc::new(Wake::new()?);
+    let stop = Arc::clone(&wake);
     let handle = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
             let mut lines = LineSplitter::new(max_line);
             let mut buf = vec![0u8; READ_CHUNK];
             loop {
-                let revents = match poll_forever([input.as_fd(), wake_read.as_fd()]) {
+                let revents = match os::poll_readable([input.as_fd(), stop.as_fd()]) {
                     Ok(revents) => revents,
                     Err(err) => {
                         log::warn!("stdin: poll: {err}");
@@ -101,10 +103,7 @@ pub fn spawn_reader(
             log::debug!("stdin: end of input");
             on_eof();
         })?;
-    Ok(StdinReader {
-        handle,
-        wake: wake_write,
-    })
+    Ok(StdinReader { handle, wake })
 }
 
 /// Splits a byte stream into lines of at most `max_line` bytes. Pure.

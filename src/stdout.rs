@@ -5,7 +5,7 @@
 //! the delivery thread, so such a wait only pauses reading from the server (see
 //! [`crate::delivery`]); but at shutdown the thread must be joined. So every
 //! write to a pipe, terminal or socket first waits in `poll(2)` for room, together
-//! with a private wake pipe that [`Observer::interrupt`] writes to, and writes at
+//! with a private wake that [`Observer::interrupt`] signals, and writes at
 //! most `PIPE_BUF` bytes, which a pipe reported writable takes without blocking.
 //! A regular file never blocks and is written in one go.
 //!
@@ -18,8 +18,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::events::Observer;
-use crate::os;
-use crate::signals::{pipe, wake};
+use crate::os::{self, Wake};
 
 /// Largest write that a pipe reported writable accepts without blocking.
 const CHUNK: usize = libc::PIPE_BUF;
@@ -30,8 +29,8 @@ pub struct StdoutLines {
     fd: OwnedFd,
     /// Stdout is a regular file (or /dev/null): writes never block.
     regular: bool,
-    wake_read: OwnedFd,
-    wake_write: OwnedFd,
+    /// Signalled by [`Observer::interrupt`].
+    wake: Wake,
     interrupted: AtomicBool,
     warned: AtomicBool,
     /// One buffer, reused for every batch.
@@ -52,12 +51,11 @@ impl StdoutLines {
             .map(std::fs::File::from)
             .and_then(|file| file.metadata())
             .is_ok_and(|meta| meta.file_type().is_file() || is_dev_null(&meta));
-        let (wake_read, wake_write) = pipe(true)?;
+        let wake = Wake::new()?;
         Ok(StdoutLines {
             fd,
             regular,
-            wake_read,
-            wake_write,
+            wake,
             interrupted: AtomicBool::new(false),
             warned: AtomicBool::new(false),
             buffer: Mutex::new(Vec::new()),
@@ -89,7 +87,7 @@ impl StdoutLines {
     fn wait_writable(&self) -> io::Result<()> {
         let mut fds = [
             os::pollfd(self.fd.as_fd(), libc::POLLOUT),
-            os::pollfd(self.wake_read.as_fd(), libc::POLLIN),
+            self.wake.pollfd(),
         ];
         os::poll_forever(&mut fds)?;
         if fds[1].revents != 0 {
@@ -142,7 +140,7 @@ impl Observer for StdoutLines {
 
     fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
-        wake(&self.wake_write);
+        self.wake.signal();
     }
 }
 
@@ -155,7 +153,7 @@ mod tests {
 
     #[test]
     fn lines_go_out_in_order() {
-        let (read, write) = pipe(false).unwrap();
+        let (read, write) = os::pipe(false).unwrap();
         let out = StdoutLines::for_fd(write.as_fd()).unwrap();
         out.messages(&["a".into(), "".into(), "héllo".into()]);
         out.message("last");
@@ -168,7 +166,7 @@ mod tests {
 
     #[test]
     fn a_write_to_a_full_pipe_returns_when_interrupted() {
-        let (read, write) = pipe(false).unwrap();
+        let (read, write) = os::pipe(false).unwrap();
         let out = Arc::new(StdoutLines::for_fd(write.as_fd()).unwrap());
         let writer = {
             let out = Arc::clone(&out);
