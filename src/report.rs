@@ -11,10 +11,10 @@ use crate::sd_notify::{Notifier, Notify};
 use crate::status_file::{State, Status, StatusFile};
 
 /// The current facts, as the supervisor knows them at a publish.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Facts {
     /// The machine's state.
-    pub state: Option<State>,
+    pub state: State,
     /// Successful connects after the first.
     pub reconnects: u64,
     /// The machine's last error.
@@ -126,8 +126,8 @@ impl Report {
     /// Writes `facts` to the status file, the metrics file, `STATUS=` and the observer.
     pub fn publish(&mut self, facts: &Facts, observer: &dyn Observer) {
         let status = &mut self.status;
-        if let Some(state) = facts.state.filter(|&state| state != status.state) {
-            status.state = state;
+        if facts.state != status.state {
+            status.state = facts.state;
             status.since_unix_ms = unix_ms_now();
         }
         status.reconnects = facts.reconnects;

@@ -694,7 +694,7 @@ impl Supervisor {
     /// The facts a publish reports, from the machine and the counters.
     fn facts(&self) -> Facts {
         Facts {
-            state: Some(self.machine.state()),
+            state: self.machine.state(),
             reconnects: self.machine.reconnects(),
             last_error: self.machine.last_error().map(str::to_owned),
             rtt: self
