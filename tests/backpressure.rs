@@ -11,15 +11,10 @@ use std::time::Instant;
 
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Server};
-use crate::util::{TempDir, WAIT, Wsbeat, clean_command, ms, poll_until, scaled};
+use crate::util::{TempDir, WAIT, Wsbeat, clean_command, ms, poll_until, read_status, scaled};
 
 fn status(path: &Path) -> HashMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    read_status(path).unwrap_or_default()
 }
 
 /// `cat big.log | wsbeat URL` while connected: every line arrives, in order, none is
@@ -84,13 +79,7 @@ fn the_outage_queue_is_bounded_in_bytes() {
         .arg(&status_path)
         .spawn();
     server.expect_upgrades(WAIT(), 1);
-    proxy.set_mode(Mode::Refuse);
-    proxy.cut();
-    let before = proxy.accepted();
-    assert!(
-        proxy.wait_accepted(before + 1, WAIT()),
-        "client did not retry"
-    );
+    proxy.disconnect(1);
     // Ten lines of 100 KiB each; the bound keeps the newest two (three would be 307,200 bytes).
     for i in 0..10 {
         c.write_line(&format!("{i}{}", "x".repeat(100 * 1024 - 1)));

@@ -17,17 +17,8 @@ pub fn seen(server: &Server, pred: impl FnMut(&Event) -> bool) -> Vec<Event> {
         .unwrap_or_default()
 }
 
-/// The status file's `key=value` lines, or `None` while it does not exist yet. Values are
-/// taken literally: the numeric keys read here are always written bare.
-pub fn status(path: &Path) -> Option<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-    )
-}
+/// The status file's pairs (shared with the NAT tests).
+pub use crate::util::read_status as status;
 
 /// A numeric key of a status snapshot; panics naming the key (the fields predate nothing:
 /// a status file without them is the behaviour before the counters existed).

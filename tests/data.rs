@@ -47,18 +47,6 @@ fn binary_messages_are_not_printed() {
     assert_eq!(c.next_line(WAIT()).as_deref(), Some("after"));
 }
 
-/// Connects through a proxy, then makes the proxy refuse and waits until the client has made
-/// at least `attempts` failed attempts, so it is surely disconnected.
-fn disconnect(proxy: &Proxy, attempts: usize) {
-    let before = proxy.accepted();
-    proxy.set_mode(Mode::Refuse);
-    proxy.cut();
-    assert!(
-        proxy.wait_accepted(before + attempts, WAIT()),
-        "client did not retry"
-    );
-}
-
 #[test]
 fn lines_written_while_disconnected_are_delivered_in_order() {
     let server = Server::start(Behavior::default());
@@ -68,7 +56,7 @@ fn lines_written_while_disconnected_are_delivered_in_order() {
     c.write_line("before");
     server.expect(WAIT(), "before", |e| e.text() == Some("before"));
 
-    disconnect(&proxy, 1);
+    proxy.disconnect(1);
     for l in ["q1", "q2", "q3", "q4"] {
         c.write_line(l);
     }
@@ -97,7 +85,7 @@ fn queue_overflow_drops_the_oldest() {
         .args(["--queue-size", "2"])
         .spawn();
     server.expect_upgrades(WAIT(), 1);
-    disconnect(&proxy, 1);
+    proxy.disconnect(1);
     for l in ["d1", "d2", "d3", "d4", "d5"] {
         c.write_line(l);
     }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::server::{Behavior, Kind, Server};
-use crate::util::{StdinFlood, TempDir, WAIT, Wsbeat, ms, poll_until, refused_url, scaled};
+use crate::util::{
+    StdinFlood, TempDir, WAIT, Wsbeat, ms, poll_until, read_status, refused_url, scaled,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -150,17 +152,6 @@ impl NotifySocket {
         }
         seen
     }
-}
-
-/// `key=value` pairs of a status file, values taken literally (no unquoting).
-fn raw_status(path: &Path) -> Option<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-    )
 }
 
 /// The status file's keys, in the contract's order.
@@ -650,7 +641,7 @@ fn status_file_tracks_state_and_sources_in_sh() {
     };
 
     let connected = poll_until(WAIT(), || {
-        let s = raw_status(&path)?;
+        let s = read_status(&path)?;
         (s.get("state")? == "connected" && !s.get("rtt_ms")?.is_empty()).then_some(s)
     });
     let connected = connected.unwrap_or_else(|| {
@@ -685,7 +676,7 @@ fn status_file_tracks_state_and_sources_in_sh() {
     // Drop the connection: the client reconnects and counts it.
     server.drop_conn(0);
     let again = poll_until(WAIT(), || {
-        let s = raw_status(&path)?;
+        let s = read_status(&path)?;
         (s.get("state")? == "connected" && s.get("reconnects")? == "1").then_some(s)
     });
     assert!(

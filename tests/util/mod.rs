@@ -788,6 +788,18 @@ impl Drop for StdinFlood {
     }
 }
 
+/// The `key=value` pairs of a status file, values taken literally (no unquoting);
+/// `None` while the file does not exist.
+pub fn read_status(path: &Path) -> Option<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
 /// Waits until `f` returns `Some`, polling every 10 ms, at most `timeout`. For state that has
 /// no event to wait on (e.g. `/proc` counts); everything with an event uses channels instead.
 pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

@@ -116,6 +116,18 @@ impl Proxy {
     }
 
     /// Switches the mode for current and future connections.
+    /// Refuses new connections, cuts the live ones, and waits until the client has made
+    /// at least `attempts` failed attempts, so it is surely disconnected.
+    pub fn disconnect(&self, attempts: usize) {
+        let before = self.accepted();
+        self.set_mode(Mode::Refuse);
+        self.cut();
+        assert!(
+            self.wait_accepted(before + attempts, super::WAIT()),
+            "client did not retry"
+        );
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         lock(&self.shared.state).mode = mode;
         self.shared.cv.notify_all();
