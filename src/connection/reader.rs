@@ -314,11 +314,16 @@ mod tests {
         /// ... and one has.
         stalled: bool,
         write_attempts: usize,
+        /// Once the input is read, reads fail like this instead of `WouldBlock`.
+        read_error: Option<io::ErrorKind>,
     }
 
     impl Read for Mock {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let n = self.input.read(buf)?;
+            if let Some(kind) = self.read_error.filter(|_| n == 0) {
+                return Err(kind.into());
+            }
             if n == 0 && self.draining && !buf.is_empty() {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -481,5 +486,28 @@ mod tests {
             matches!(&ending, Some(Ending::Dead(reason)) if reason.contains("write timed out")),
             "{ending:?}"
         );
+    }
+
+    #[test]
+    fn a_reset_is_the_peer_dropping_the_connection() {
+        // What a heartbeat meets when a NAT has forgotten the flow: an RST. It ends the
+        // connection as dropped by the peer (evidence for --ping-interval auto), not as
+        // an unexplained read error.
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            let mut ws = client(Vec::new());
+            ws.get_mut().read_error = Some(kind);
+            let (_, ending, _, _) = run(&mut ws);
+            assert!(
+                matches!(ending, Some(Ending::Dropped(_))),
+                "{kind:?}: {ending:?}"
+            );
+        }
+        let mut ws = client(Vec::new());
+        ws.get_mut().read_error = Some(io::ErrorKind::PermissionDenied);
+        let (_, ending, _, _) = run(&mut ws);
+        assert!(matches!(ending, Some(Ending::Dead(_))), "{ending:?}");
     }
 }
