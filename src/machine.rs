@@ -35,8 +35,10 @@ pub const QUIET_PROOF: Duration = Duration::from_secs(10);
 pub const STOP_BUDGET: Duration = Duration::from_millis(1800);
 /// Bound on writing the Close of a SIGHUP reload.
 pub const RELOAD_CLOSE_WRITE: Duration = Duration::from_millis(500);
-/// Slack past `--connect-timeout` before a connect thread stuck in DNS is abandoned.
-pub const CONNECT_SLACK: Duration = Duration::from_secs(1);
+/// How long a graceful teardown lets the heartbeat thread finish its last write (a
+/// Close) before the socket is shut down under it: a write that waits on a read (a
+/// TLS renegotiation) is bounded by nothing else.
+pub const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
 /// What the machine needs to know of the configuration.
 #[derive(Debug, Clone)]
@@ -111,6 +113,13 @@ pub enum Input {
     Terminate,
     /// A new address or default route appeared: the network may be back.
     NetworkChanged,
+    /// The live connection's liveness was judged alive; judge it again at `at`.
+    LivenessAt {
+        /// Connection.
+        conn: ConnId,
+        /// The next check; `None`: nothing to wait for (heartbeat off, no write).
+        at: Option<Instant>,
+    },
 }
 
 /// What the driver must do, in order.
@@ -165,6 +174,14 @@ pub enum Action {
     Watchdog,
     /// `STOPPING=1`.
     NotifyStopping,
+    /// Judge the live connection's liveness now (heartbeat answers, blocked
+    /// writes), then report [`Input::LivenessAt`] or [`Input::Dead`]. The driver
+    /// judges from the shared bookkeeping, never from inside a socket call, so a
+    /// thread stuck in I/O cannot hold the verdict back.
+    CheckLiveness {
+        /// Connection.
+        conn: ConnId,
+    },
     /// The run is over; nothing follows.
     Exit(Ending),
 }
@@ -174,12 +191,15 @@ pub enum Action {
 pub enum Timer {
     /// Backoff over: dial again (or, stopping, exit).
     Reconnect,
-    /// The attempt ran past `--connect-timeout` + [`CONNECT_SLACK`].
+    /// The attempt ran past `--connect-timeout`: it is cut short whatever its
+    /// thread is doing (a peer that drips handshake bytes never lets a read time out).
     ConnectGiveUp,
     /// A Close was sent; the server's answer is due.
     CloseWait,
     /// Heartbeat off: the connection has been up [`QUIET_PROOF`].
     QuietProof,
+    /// The live connection's heartbeat answer or blocked write is due for judging.
+    Liveness,
     /// systemd's watchdog is due.
     Watchdog,
     /// The status is due for a refresh.
@@ -199,6 +219,8 @@ enum Phase {
         since: Instant,
         closing_until: Option<Instant>,
         quiet_proven: bool,
+        /// When the liveness is judged next.
+        check_at: Option<Instant>,
     },
     Backoff {
         /// `None` until the teardown before it has finished.
@@ -299,27 +321,29 @@ impl Machine {
     }
 
     /// Every timer and when it fires.
-    pub fn timers(&self) -> [(Timer, Option<Instant>); 6] {
-        let (reconnect, give_up, close_wait, quiet) = match &self.phase {
-            Phase::Backoff { until, .. } => (*until, None, None, None),
-            Phase::Connecting { give_up_at, .. } => (None, *give_up_at, None, None),
+    pub fn timers(&self) -> [(Timer, Option<Instant>); 7] {
+        let (reconnect, give_up, close_wait, quiet, check) = match &self.phase {
+            Phase::Backoff { until, .. } => (*until, None, None, None, None),
+            Phase::Connecting { give_up_at, .. } => (None, *give_up_at, None, None, None),
             Phase::Connected {
                 since,
                 closing_until,
                 quiet_proven,
+                check_at,
                 ..
             } => {
                 let quiet =
                     (self.settings.heartbeat_off && !quiet_proven).then(|| *since + QUIET_PROOF);
-                (None, None, *closing_until, quiet)
+                (None, None, *closing_until, quiet, *check_at)
             }
-            Phase::Idle | Phase::Stopped => (None, None, None, None),
+            Phase::Idle | Phase::Stopped => (None, None, None, None, None),
         };
         [
             (Timer::Reconnect, reconnect),
             (Timer::ConnectGiveUp, give_up),
             (Timer::CloseWait, close_wait),
             (Timer::QuietProof, quiet),
+            (Timer::Liveness, check),
             (Timer::Watchdog, self.watchdog_at),
             (Timer::StatusRefresh, self.refresh_at),
         ]
@@ -374,11 +398,17 @@ impl Machine {
                 });
             }
             Phase::Connected {
+                conn,
                 since,
                 closing_until,
                 quiet_proven,
-                ..
+                check_at,
             } => {
+                if check_at.is_some_and(|at| now >= at) {
+                    // Fired once: the driver answers with the next check or the death.
+                    *check_at = None;
+                    self.actions.push(Action::CheckLiveness { conn: *conn });
+                }
                 if closing_until.is_some_and(|until| now >= until) {
                     let reason = "server did not answer our Close in time".to_string();
                     self.connection_lost(reason, false, now);
@@ -407,7 +437,7 @@ impl Machine {
                 } = &mut self.phase
                 {
                     if *current == conn {
-                        *give_up_at = Some(deadline + CONNECT_SLACK);
+                        *give_up_at = Some(deadline);
                     }
                 }
             }
@@ -446,6 +476,18 @@ impl Machine {
             Input::Reload { writes_idle } => self.reload(writes_idle, now),
             Input::Terminate => self.terminate(now),
             Input::NetworkChanged => self.network_changed(now),
+            Input::LivenessAt { conn, at } => {
+                if let Phase::Connected {
+                    conn: current,
+                    check_at,
+                    ..
+                } = &mut self.phase
+                {
+                    if *current == conn {
+                        *check_at = at;
+                    }
+                }
+            }
         }
         self.take_actions()
     }
@@ -490,6 +532,7 @@ impl Machine {
             since: now,
             closing_until: None,
             quiet_proven: false,
+            check_at: None,
         };
         self.connects += 1;
         // --max-retries counts failed attempts in a row; this one succeeded. (The backoff
@@ -1037,13 +1080,13 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_attempt_is_abandoned_after_its_deadline_and_slack() {
+    fn a_stalled_attempt_is_abandoned_at_its_deadline_whatever_its_thread_does() {
         let mut run = Run::new(settings());
         let conn = Run::dialed(&run.start());
         let deadline = run.now + secs(10);
         run.input(Input::Dialing { conn, deadline });
         let (waited, actions) = run.next();
-        assert_eq!(waited, secs(10) + CONNECT_SLACK);
+        assert_eq!(waited, secs(10));
         assert_eq!(
             actions,
             [Action::Abandon {
@@ -1062,6 +1105,34 @@ mod tests {
         // The real thread's late report is ignored.
         assert!(run.refuse(conn).is_empty());
         assert_eq!(run.machine.state(), State::Backoff);
+    }
+
+    #[test]
+    fn the_liveness_is_judged_when_the_driver_said_and_once() {
+        let mut run = Run::new(settings());
+        let conn = Run::dialed(&run.start());
+        run.connect(conn);
+        run.input(Input::LivenessAt {
+            conn,
+            at: Some(run.now + secs(30)),
+        });
+        let (waited, actions) = run.next();
+        assert_eq!(waited, secs(30));
+        assert_eq!(actions, [Action::CheckLiveness { conn }]);
+        // Until the driver answers, nothing more is due.
+        assert_eq!(run.machine.next_deadline(), None);
+        // A late answer for an older connection changes nothing.
+        run.input(Input::LivenessAt {
+            conn: conn + 7,
+            at: Some(run.now),
+        });
+        assert_eq!(run.machine.next_deadline(), None);
+        // The verdict "dead" ends the connection like any other death.
+        let actions = run.input(Input::Dead {
+            conn,
+            reason: "no heartbeat answer".into(),
+        });
+        assert!(actions.contains(&Action::Teardown { graceful: false }));
     }
 
     #[test]

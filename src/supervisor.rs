@@ -23,16 +23,17 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::adaptive::{self, Adaptive, SharedAdaptive};
 use crate::backoff::{Backoff, Random, SplitMix64};
 use crate::config::{Config, HeartbeatMode};
-use crate::connection::liveness::{self, Liveness, SharedLiveness};
+use crate::connection::heartbeat::Cadence;
+use crate::connection::liveness::{self, Liveness, SharedLiveness, Verdict};
 use crate::connection::reader::Reader;
 use crate::connection::socket::SharedSocket;
-use crate::connection::writer::{Command, Schedule, WRITE_BATCH_BYTES, Writer};
+use crate::connection::writer::{Command, PingPlan, WRITE_BATCH_BYTES, Writer};
 use crate::delivery::{self, Delivery};
 use crate::error::{ConfigError, ConnectError, Stage};
 pub use crate::events::{ConnId, Ending, Event, Observer};
 use crate::headers::read_header_file;
 use crate::linkwatch::{self, LinkEvent, LinkWatch};
-use crate::machine::{Action, Input, Machine, Settings};
+use crate::machine::{Action, CLOSE_DRAIN, Input, Machine, Settings};
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::report::{Facts, Report};
@@ -99,7 +100,11 @@ struct Active {
     commands: Sender<Command>,
     reader: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
+    /// Disconnects when the heartbeat thread has ended: a bounded wait for it.
+    heartbeat_done: Receiver<()>,
     liveness: SharedLiveness,
+    /// The heartbeat thread's plan, to judge its answers by the same rule.
+    plan: PingPlan,
 }
 
 /// A connect thread and the handle that cuts its handshakes short.
@@ -344,14 +349,7 @@ impl Supervisor {
             }
             Event::Proven { conn, rtt } => Input::Proven { conn, rtt },
             Event::Closed { conn, code, reason } => Input::Closed { conn, code, reason },
-            Event::Dead { conn, reason, idle } => {
-                if let Some(adaptive) = &self.adaptive {
-                    if self.machine.active() == Some(conn) {
-                        adaptive::lock(adaptive).on_lost(idle);
-                    }
-                }
-                Input::Dead { conn, reason }
-            }
+            Event::Dead { conn, reason, idle } => self.dead(conn, reason, idle),
             Event::Link(event) => return self.link_input(event),
             Event::InputClosed => {
                 log::debug!("stdin closed; the connection stays up");
@@ -362,6 +360,37 @@ impl Supervisor {
             },
             Event::Terminate => Input::Terminate,
         })
+    }
+
+    /// The machine's input for a dead connection, after the adaptive heartbeat has
+    /// its evidence (how long the connection had been idle, if that is how it died).
+    fn dead(&mut self, conn: ConnId, reason: String, idle: Option<Duration>) -> Input {
+        if let Some(adaptive) = &self.adaptive {
+            if self.machine.active() == Some(conn) {
+                adaptive::lock(adaptive).on_lost(idle);
+            }
+        }
+        Input::Dead { conn, reason }
+    }
+
+    /// Judges the live connection from the bookkeeping its threads share (never
+    /// from inside a socket call, so a thread stuck in one cannot hold the verdict
+    /// back): dead, or when to look again.
+    fn check_liveness(&mut self, conn: ConnId) -> Option<Input> {
+        let active = self.active.as_ref().filter(|active| active.conn == conn)?;
+        let now = Instant::now();
+        let (next_ping, _) = active.plan.next_ping(&active.liveness, now);
+        let verdict = liveness::lock(&active.liveness).verdict(now, next_ping, self.write_bound());
+        Some(match verdict {
+            Verdict::Alive(at) => Input::LivenessAt { conn, at },
+            Verdict::Dead(reason, idle) => self.dead(conn, reason, idle),
+        })
+    }
+
+    /// Bound on every write: `--pong-timeout`, but at least a second, so a short
+    /// timeout does not fail writes on a merely slow link.
+    fn write_bound(&self) -> Duration {
+        self.config.pong_timeout.max(Duration::from_secs(1))
     }
 
     /// Carries out `actions` in order, feeding what they report back to the machine.
@@ -396,7 +425,9 @@ impl Supervisor {
                 if let Err(error) = self.activate(conn, connection) {
                     return Some(Input::ConnectFailed { conn, error });
                 }
+                return self.check_liveness(conn);
             }
+            Action::CheckLiveness { conn } => return self.check_liveness(conn),
             Action::Discard { conn } => {
                 if self.upgraded.as_ref().is_some_and(|(c, _)| *c == conn) {
                     self.upgraded = None;
@@ -468,7 +499,7 @@ impl Supervisor {
         let connector = self.connector.clone();
         let proxy = self.config.proxy.clone();
         let ws_config = ws_config(&self.config);
-        let write_timeout = self.config.pong_timeout.max(Duration::from_secs(1));
+        let write_timeout = self.write_bound();
         // From now, not from when the machine decided: building the first TLS connector
         // (system roots, OpenSSL start-up) can take a second on a small board and is not
         // the network's time.
@@ -553,16 +584,19 @@ impl Supervisor {
             events: self.events.clone(),
             traffic: Arc::clone(&self.traffic),
         };
+        let plan = PingPlan {
+            cadence: Cadence {
+                interval: self.config.ping_interval,
+                immediate: self.config.once,
+            },
+            mode: self.config.heartbeat,
+            ping_text: self.config.ping_text.clone(),
+            adaptive: self.adaptive.clone(),
+        };
         let writer = Writer {
             conn,
             socket,
-            schedule: Schedule {
-                interval: self.config.ping_interval,
-                mode: self.config.heartbeat,
-                ping_text: self.config.ping_text.clone(),
-                immediate: self.config.once,
-                adaptive: self.adaptive.clone(),
-            },
+            plan: plan.clone(),
             liveness: Arc::clone(&liveness),
             outbox: Arc::clone(&self.outbox),
             commands: command_inbox,
@@ -577,10 +611,14 @@ impl Supervisor {
                 let _ = tcp.shutdown(Shutdown::Both);
             })
             .map_err(ConnectError::Tcp)?;
+        let (done, heartbeat_done) = mpsc::channel::<()>();
         let heartbeat = thread::Builder::new()
             .name("wsbeat-heartbeat".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || writer.run());
+            .spawn(move || {
+                writer.run();
+                drop(done);
+            });
         let heartbeat = match heartbeat {
             Ok(heartbeat) => heartbeat,
             Err(err) => {
@@ -607,14 +645,18 @@ impl Supervisor {
             commands,
             reader,
             heartbeat,
+            heartbeat_done,
             liveness,
+            plan,
         });
         Ok(())
     }
 
     /// Ends the live connection and joins its threads. `graceful` lets queued
-    /// writes (a Close) go out first; otherwise the socket is shut down at once,
-    /// because a dead peer will never take them.
+    /// writes (a Close) go out first, for at most [`CLOSE_DRAIN`]; otherwise the
+    /// socket is shut down at once, because a dead peer will never take them.
+    /// Either way the socket is shut down before any join, so a thread blocked in
+    /// a socket call (a TLS write waiting on a read) cannot hold the join up.
     fn teardown(&mut self, graceful: bool) {
         let Some(active) = self.active.take() else {
             return;
@@ -624,6 +666,7 @@ impl Supervisor {
             commands,
             reader,
             heartbeat,
+            heartbeat_done,
             ..
         } = active;
         // Lines go back to drop-oldest mode, and a reader waiting for room in the
@@ -635,8 +678,12 @@ impl Supervisor {
             let _ = tcp.shutdown(Shutdown::Both);
         }
         drop(commands);
-        let _ = heartbeat.join();
+        if graceful {
+            // Ends early when the thread has ended (its sender dropped).
+            let _ = heartbeat_done.recv_timeout(CLOSE_DRAIN);
+        }
         let _ = tcp.shutdown(Shutdown::Both);
+        let _ = heartbeat.join();
         let _ = reader.join();
     }
 

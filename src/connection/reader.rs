@@ -161,8 +161,18 @@ impl Reader {
         texts: &mut Vec<String>,
         proofs: &mut Vec<(Proof, Instant)>,
     ) -> (bool, Option<Ending>) {
-        let mut ws = self.socket.lock_for_read();
-        drain(&mut ws, self.pong_text.as_deref(), texts, proofs)
+        let before = Traffic::get(&self.traffic.bytes_received);
+        let turn = {
+            let mut ws = self.socket.lock_for_read();
+            drain(&mut ws, self.pong_text.as_deref(), texts, proofs)
+        };
+        // Bytes of a frame still arriving prove the path alive too: on a slow link a
+        // large message can take longer than --pong-timeout, and a Pong can only
+        // come after it.
+        if Traffic::get(&self.traffic.bytes_received) > before {
+            proofs.push((Proof::Other, Instant::now()));
+        }
+        turn
     }
 }
 

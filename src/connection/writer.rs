@@ -1,13 +1,15 @@
 //! The heartbeat thread, which is also the connection's only writer of data frames.
 //!
-//! It sleeps in `recv_timeout` on its command channel until the next ping is due,
-//! the oldest unanswered ping runs out of time, or a command arrives, so an idle
-//! connection wakes only for its heartbeat; dropping every command sender ends the
-//! thread at once. The reader records answers in the shared
-//! [`Liveness`](super::liveness::Liveness) without
-//! waking anyone; this thread reads them at its next wake-up and reports a dead
-//! connection to the supervisor itself. Lines reach it through the [`Outbox`]: the
-//! first line of a burst wakes it, and it writes batches until the outbox is empty.
+//! It sleeps in `recv_timeout` on its command channel until the next heartbeat is
+//! due ([`Cadence::next_ping`]) or a command arrives, so an idle connection wakes
+//! only for its heartbeat; dropping every command sender ends the thread at once.
+//! It does not judge liveness: a thread that can block in a socket call cannot be
+//! trusted to time itself out (a TLS write that waits on a read, during a
+//! renegotiation, is bounded by no socket timeout). It records what it sends, and
+//! when it is inside a write, in the shared [`Liveness`](super::liveness::Liveness);
+//! the supervisor judges from there and shuts the socket down under a stuck thread.
+//! Lines reach it through the [`Outbox`]: the first line of a burst wakes it, and
+//! it writes batches until the outbox is empty.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Bytes, Message};
+use tungstenite::{Bytes, Message, WebSocket};
 
+use super::heartbeat::Cadence;
 use super::liveness::{SharedLiveness, encode_ping, lock};
 use super::socket::SharedSocket;
 use crate::adaptive::{self, SharedAdaptive};
@@ -25,6 +28,7 @@ use crate::config::HeartbeatMode;
 use crate::events::{ConnId, Event};
 use crate::outbox::Outbox;
 use crate::traffic::Traffic;
+use crate::transport::Stream;
 
 /// What the supervisor (and the outbox) ask the heartbeat thread to do.
 #[derive(Debug)]
@@ -37,18 +41,42 @@ pub enum Command {
 
 /// How the heartbeat thread pings.
 #[derive(Debug, Clone)]
-pub struct Schedule {
-    /// Zero: no heartbeat.
-    pub interval: Duration,
+pub struct PingPlan {
+    /// When: fixed interval (or none), or at once (`--once`).
+    pub cadence: Cadence,
     /// Control or text.
     pub mode: HeartbeatMode,
     /// Text heartbeat payload.
     pub ping_text: String,
-    /// Send the first heartbeat at once (`--once`) instead of after one interval.
-    pub immediate: bool,
     /// `--ping-interval auto`: a heartbeat is due once the learned interval has
     /// passed with nothing received, and each answer teaches the learning rule.
     pub adaptive: Option<SharedAdaptive>,
+}
+
+impl PingPlan {
+    /// The next heartbeat's due time and the interval it belongs to, from the
+    /// shared bookkeeping. With `auto` an answered probe is taught to the learning
+    /// rule first, so the interval is the freshest.
+    pub fn next_ping(
+        &self,
+        liveness: &SharedLiveness,
+        now: Instant,
+    ) -> (Option<Instant>, Duration) {
+        let mut live = lock(liveness);
+        let learned = self.adaptive.as_ref().map(|adaptive| {
+            let mut adaptive = adaptive::lock(adaptive);
+            if let Some(gap) = live.probe().filter(|_| live.all_answered()) {
+                adaptive.on_answered(gap, live.last_proof().unwrap_or(now));
+                live.set_probe(None);
+            }
+            adaptive.on_time(now);
+            adaptive.interval()
+        });
+        (
+            self.cadence.next_ping(&live, learned),
+            self.cadence.current(learned),
+        )
+    }
 }
 
 /// Most bytes of lines written per lock of the socket: one `write(2)` for a burst
@@ -62,8 +90,8 @@ pub struct Writer {
     /// The shared WebSocket.
     pub socket: Arc<SharedSocket>,
     /// When and how to ping.
-    pub schedule: Schedule,
-    /// Shared with the reader.
+    pub plan: PingPlan,
+    /// Shared with the reader and the supervisor.
     pub liveness: SharedLiveness,
     /// Lines to send.
     pub outbox: Arc<Outbox>,
@@ -76,92 +104,41 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Body of the heartbeat thread. It judges liveness itself, so an idle, healthy
-    /// connection costs one wake-up per ping here and one in the reader, and none in
-    /// the supervisor. It is also the only writer of lines: woken by the outbox, it
-    /// writes them in batches until the outbox runs dry, and puts back what a
-    /// failed write did not take.
+    /// Body of the heartbeat thread: heartbeats when they are due, lines when the
+    /// outbox has some, the Close when asked; a failed write ends the connection.
+    /// Woken by the outbox, it writes lines in batches until the outbox runs dry,
+    /// and puts back what a failed write did not take.
     pub fn run(self) {
-        let (base, pong_timeout) = {
-            let live = lock(&self.liveness);
-            (live.base(), live.pong_timeout())
-        };
-        let schedule = &self.schedule;
-        let start = Instant::now();
-        // Fixed interval: the next heartbeat keeps the cadence. Adaptive: computed at
-        // every turn from how long nothing has been received.
-        let mut next_fixed = match (schedule.immediate, schedule.interval.is_zero()) {
-            (true, _) => Some(start),
-            (false, true) => None,
-            (false, false) => Some(start + schedule.interval),
-        };
-        let mut last_ping: Option<Instant> = None;
-        // Adaptive: the idle gap before the heartbeat still waiting for its answer.
-        let mut probe: Option<Duration> = None;
+        let base = lock(&self.liveness).base();
         let mut seq: u64 = 0;
         let mut lines_waiting = false;
         let mut closing = false;
-        let (failed, idle) = loop {
+        let failed = loop {
             let now = Instant::now();
-            let (deadline, last_proof, all_answered) = {
-                let live = lock(&self.liveness);
-                if live.is_dead(now) {
-                    let reason = format!(
-                        "no heartbeat answer within --pong-timeout ({} ms)",
-                        pong_timeout.as_millis()
-                    );
-                    break (reason, probe);
-                }
-                (live.deadline(), live.last_proof(), live.all_answered())
-            };
-            let next_ping = match &schedule.adaptive {
-                None => next_fixed,
-                Some(adaptive) => {
-                    let mut adaptive = adaptive::lock(adaptive);
-                    if let Some(gap) = probe.filter(|_| all_answered) {
-                        adaptive.on_answered(gap, last_proof.unwrap_or(now));
-                        probe = None;
-                    }
-                    adaptive.on_time(now);
-                    if schedule.immediate && last_ping.is_none() {
-                        Some(start)
-                    } else {
-                        let idle_since = [Some(start), last_proof, last_ping]
-                            .into_iter()
-                            .flatten()
-                            .max();
-                        idle_since.map(|since| since + adaptive.interval())
-                    }
-                }
-            };
-            if let Some(due) = next_ping.filter(|&due| now >= due) {
+            let (next_ping, interval) = self.plan.next_ping(&self.liveness, now);
+            if next_ping.is_some_and(|due| now >= due) {
                 seq += 1;
-                // Recorded before the write, so the answer can never be seen first.
-                lock(&self.liveness).on_ping_sent(seq, now);
-                let message = match schedule.mode {
+                {
+                    // Recorded before the write, so the answer can never be seen first.
+                    let mut live = lock(&self.liveness);
+                    live.on_ping_sent(seq, now, interval);
+                    if self.plan.adaptive.is_some() {
+                        // The path's real idle gap: any frame kept the flow alive.
+                        let quiet_since = live.last_proof().unwrap_or(base).max(base);
+                        live.set_probe(Some(now.saturating_duration_since(quiet_since)));
+                    }
+                }
+                let message = match self.plan.mode {
                     HeartbeatMode::Control => {
                         let micros = now.saturating_duration_since(base).as_micros() as u64;
                         Message::Ping(Bytes::copy_from_slice(&encode_ping(seq, micros)))
                     }
-                    HeartbeatMode::Text => Message::text(schedule.ping_text.clone()),
+                    HeartbeatMode::Text => Message::text(self.plan.ping_text.clone()),
                 };
-                if schedule.adaptive.is_some() {
-                    let quiet_since = last_proof.unwrap_or(start).max(start);
-                    probe = Some(now.saturating_duration_since(quiet_since));
-                }
-                last_ping = Some(now);
                 Traffic::add(&self.traffic.heartbeats, 1);
-                if let Err(err) = self.socket.write(|ws| ws.send(message)) {
-                    break (describe_write_error(err), None);
+                if let Err(err) = self.write(false, |ws| ws.send(message)) {
+                    break describe_write_error(err);
                 }
-                // Keep the cadence, but never catch up on missed beats in a burst.
-                let next = due + schedule.interval;
-                next_fixed = Some(if next > Instant::now() {
-                    next
-                } else {
-                    Instant::now() + schedule.interval
-                })
-                .filter(|_| !schedule.interval.is_zero());
                 continue;
             }
             let command = if lines_waiting && !closing {
@@ -171,7 +148,7 @@ impl Writer {
                     continue;
                 }
                 if let Err(err) = self.write_lines(batch) {
-                    break (describe_write_error(err), None);
+                    break describe_write_error(err);
                 }
                 // A long burst does not hold back a Close or the end of the connection.
                 match self.commands.try_recv() {
@@ -180,11 +157,10 @@ impl Writer {
                     Err(TryRecvError::Disconnected) => return,
                 }
             } else {
-                let wake = [next_ping, deadline].into_iter().flatten().min();
-                let received = match wake {
-                    Some(wake) => self
+                let received = match next_ping {
+                    Some(due) => self
                         .commands
-                        .recv_timeout(wake.saturating_duration_since(now)),
+                        .recv_timeout(due.saturating_duration_since(now)),
                     None => self
                         .commands
                         .recv()
@@ -201,14 +177,14 @@ impl Writer {
                 Command::Close(code, reason) => {
                     closing = true;
                     // `close` writes and flushes the frame itself.
-                    let closed = self.socket.write(|ws| {
+                    let closed = self.write(false, |ws| {
                         ws.close(Some(CloseFrame {
                             code,
                             reason: reason.into(),
                         }))
                     });
                     if let Err(err) = closed {
-                        break (describe_write_error(err), None);
+                        break describe_write_error(err);
                     }
                 }
             }
@@ -216,8 +192,25 @@ impl Writer {
         let _ = self.events.send(Event::Dead {
             conn: self.conn,
             reason: failed,
-            idle,
+            idle: None,
         });
+    }
+
+    /// Runs `write` on the socket, with the time it started in the shared
+    /// bookkeeping for the supervisor to judge. `messages`: it carries lines of
+    /// ours, which only an answered heartbeat sent after them proves delivered.
+    fn write<T>(&self, messages: bool, write: impl FnOnce(&mut WebSocket<Stream>) -> T) -> T {
+        {
+            let now = Instant::now();
+            let mut live = lock(&self.liveness);
+            if messages {
+                live.on_messages_sent(now);
+            }
+            live.set_writing(Some(now));
+        }
+        let result = self.socket.write(write);
+        lock(&self.liveness).set_writing(None);
+        result
     }
 
     /// Writes `batch` with one flush. On failure, the lines tungstenite did not
@@ -226,7 +219,7 @@ impl Writer {
     fn write_lines(&self, batch: Vec<String>) -> Result<(), tungstenite::Error> {
         let count = batch.len();
         let mut lines = VecDeque::from(batch);
-        let written = self.socket.write(|ws| {
+        let written = self.write(true, |ws| {
             while let Some(line) = lines.pop_front() {
                 if !ws.can_write() {
                     // Closing: this line was never framed; it waits for the next connection.
