@@ -33,7 +33,9 @@
 //! reload and stop in each phase, the watchdog) is made by the pure state machine (`machine`),
 //! which reads no clock. Per connection (`connection`), the reader waits for
 //! readability outside the socket lock; the heartbeat thread is the only writer
-//! and sleeps until its next ping or a command. Lines reach it through the
+//! and sleeps until its next ping or a command. Neither judges liveness: the
+//! supervisor does, from their shared bookkeeping, and shuts the socket down under
+//! a thread stuck in I/O. Lines reach the heartbeat thread through the
 //! outbox (stdin waits there while connected and full; drop-oldest while
 //! disconnected); received messages leave the reader through the delivery
 //! buffer to an output thread, so neither direction can stall the other or the
