@@ -155,7 +155,7 @@ impl NotifySocket {
 }
 
 /// The status file's keys, in the contract's order.
-const STATUS_KEYS: [&str; 11] = [
+const STATUS_KEYS: [&str; 12] = [
     "state",
     "url",
     "since_unix_ms",
@@ -165,6 +165,7 @@ const STATUS_KEYS: [&str; 11] = [
     "last_error",
     "ping_interval_ms",
     "heartbeats",
+    "resent",
     "bytes_sent",
     "bytes_received",
 ];
