@@ -85,6 +85,12 @@ fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `url` as a message may show it, parsed or not: without its userinfo and with its query
+/// values masked, since either may be a password or a token.
+pub(super) fn shown_url(url: &str) -> String {
+    mask_query(&without_userinfo(url)).into_owned()
+}
+
 /// Parses `url` into a [`Target`]; `flag` names where it came from in errors
 /// (`url` for the argument, `WSBEAT_URL` for the environment).
 ///
@@ -94,9 +100,7 @@ fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
 /// first would leak into logs and never be sent, the second is forbidden by RFC 6455.
 pub fn parse_target(url: &str, flag: &str) -> Result<Target, UsageError> {
     let error = |message: String| UsageError::new(flag, message);
-    // Every message shows the URL without its userinfo and with its query values masked:
-    // either may be a password or a token.
-    let shown = quote(&mask_query(&without_userinfo(url)));
+    let shown = quote(&shown_url(url));
     if url.contains('#') {
         return Err(error(format!(
             "{shown} has a #fragment, which a websocket URL cannot have"
@@ -241,6 +245,17 @@ mod tests {
             assert!(!message.contains("s3cr3t"), "{message}");
             assert!(message.contains("token=…"), "{message}");
         }
+        // So does the complaint about a second URL argument, about both.
+        let args = ["ws://u:pw@h/?token=s3cr3t", "ws://h/?token=s3cr3t"].map(Into::into);
+        let message = match crate::config::parse(args, &|_| None) {
+            Err(err) => err.to_string(),
+            Ok(_) => panic!("two URLs accepted"),
+        };
+        assert_eq!(
+            message,
+            "url: unexpected second argument 'ws://h/?token=…' after 'ws://***@h/?token=…' \
+             (only one URL may be given)"
+        );
     }
 
     #[test]
