@@ -53,7 +53,7 @@ impl State {
 pub struct Status {
     /// Current state.
     pub state: State,
-    /// The server URL as configured.
+    /// The server URL as configured, its query values masked ([`crate::Target::shown`]).
     pub url: String,
     /// When `state` began, milliseconds since the Unix epoch.
     pub since_unix_ms: u64,

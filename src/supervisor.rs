@@ -159,7 +159,7 @@ impl Supervisor {
         };
         let (events, inbox) = mpsc::channel();
         let report = Report::new(
-            config.target.url.clone(),
+            config.target.shown(),
             config.status_file.clone().map(StatusFile::new),
             config.metrics_file.clone().map(StatusFile::new),
             None,
@@ -172,7 +172,7 @@ impl Supervisor {
             settings(&config, None, report.is_read()),
             Backoff::new(config.backoff_initial, config.backoff_max),
             Box::new(SplitMix64::from_os()),
-            config.target.url.clone(),
+            config.target.shown(),
         );
         Ok(Supervisor {
             machine,
@@ -531,7 +531,10 @@ impl Supervisor {
             });
         match spawned {
             Ok(thread) => {
-                log::debug!("connecting to {} (attempt {conn})", self.config.target.url);
+                log::debug!(
+                    "connecting to {} (attempt {conn})",
+                    self.config.target.shown()
+                );
                 self.attempts.insert(conn, Attempt { thread, abort });
                 Input::Dialing { conn, deadline }
             }
@@ -559,9 +562,9 @@ impl Supervisor {
         match &connection.subprotocol {
             Some(protocol) => log::info!(
                 "connected to {} (subprotocol {protocol})",
-                self.config.target.url
+                self.config.target.shown()
             ),
-            None => log::info!("connected to {}", self.config.target.url),
+            None => log::info!("connected to {}", self.config.target.shown()),
         }
         let Connection { ws, tcp, .. } = connection;
         let socket = Arc::new(SharedSocket::new(ws));

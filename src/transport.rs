@@ -420,7 +420,12 @@ fn handshake_tls(
     let mut attempt = connector.connect(host, socket);
     loop {
         match attempt {
-            Ok(stream) => return Ok(stream),
+            Ok(stream) => {
+                connector
+                    .check_host_names(&stream, host)
+                    .map_err(ConnectError::Tls)?;
+                return Ok(stream);
+            }
             Err(TlsHandshakeError::WouldBlock(mid)) => {
                 // A socket timeout fired mid-handshake; resume with whatever time is left.
                 set_timeouts(control, deadline, Stage::Tls)?;

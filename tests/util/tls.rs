@@ -88,7 +88,7 @@ fn cert(
             )
             .expect("ext");
         }
-        Kind::Server | Kind::Client => {
+        Kind::Server | Kind::ServerCnOnly | Kind::Client => {
             b.append_extension(BasicConstraints::new().build().expect("bc"))
                 .expect("ext");
             b.append_extension(
@@ -101,7 +101,7 @@ fn cert(
             )
             .expect("ext");
             let mut eku = ExtendedKeyUsage::new();
-            if kind == Kind::Server {
+            if kind != Kind::Client {
                 eku.server_auth();
             } else {
                 eku.client_auth();
@@ -128,6 +128,8 @@ fn cert(
 enum Kind {
     Ca,
     Server,
+    /// A server certificate naming `localhost` in its CN only, without subjectAltName.
+    ServerCnOnly,
     Client,
 }
 
@@ -142,10 +144,20 @@ fn key_pem(k: &PKey<Private>) -> Vec<u8> {
 impl Pki {
     /// Generates a new CA, server and client certificate and writes them to a new temp dir.
     pub fn new() -> Pki {
+        Pki::generate(Kind::Server)
+    }
+
+    /// [`Pki::new`] with a server certificate that names `localhost` in its CN only (no
+    /// subjectAltName), which OpenSSL would still match to the host name `localhost`.
+    pub fn with_cn_only_server() -> Pki {
+        Pki::generate(Kind::ServerCnOnly)
+    }
+
+    fn generate(server: Kind) -> Pki {
         let ca_key = key();
         let ca = cert("wsbeat-test-ca", &ca_key, None, Kind::Ca);
         let server_key = key();
-        let server_cert = cert("localhost", &server_key, Some((&ca, &ca_key)), Kind::Server);
+        let server_cert = cert("localhost", &server_key, Some((&ca, &ca_key)), server);
         let client_key = key();
         let client_cert = cert(
             "wsbeat-test-client",
