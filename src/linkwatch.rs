@@ -467,8 +467,10 @@ pub struct LinkWatch {
 impl LinkWatch {
     /// Subscribes to the kernel's link, address and route changes (in the calling
     /// thread's network namespace) and calls `on_event` for each that is news (not a
-    /// refresh of what was [`Present`]), on the watcher's own thread. An error means no
-    /// netlink here (log it once and carry on without).
+    /// refresh of what was [`Present`]), on the watcher's own thread. What is present is
+    /// read first, on the calling thread (the kernel answers at once; bounded by
+    /// [`DUMP_TIMEOUT`] per request). An error means no netlink here (log it once and
+    /// carry on without).
     pub fn spawn<F>(mut on_event: F) -> io::Result<LinkWatch>
     where
         F: FnMut(LinkEvent) + Send + 'static,
@@ -552,7 +554,12 @@ fn watch(
                         on_event(LinkEvent::Overflow);
                         // What the lost messages said, learned from a fresh dump.
                         match dump() {
-                            Ok(dump) => present.resync(&dump).into_iter().for_each(&mut *on_event),
+                            Ok(dump) => {
+                                for change in present.resync(&dump) {
+                                    log::debug!("link watch: {change:?} (seen in a new dump)");
+                                    on_event(change);
+                                }
+                            }
                             Err(err) => log::debug!("link watch: dump after overflow: {err}"),
                         }
                         continue;
@@ -884,7 +891,7 @@ mod tests {
     #[test]
     fn a_refreshed_default_route_is_no_news_until_it_was_gone() {
         let router = default_route(Some("fe80::1"), 2, true);
-        let mut present = Present::from_dump(&[router.clone()]);
+        let mut present = Present::from_dump(std::slice::from_ref(&router));
         // Each router advertisement refreshes it.
         assert!(!present.note(&router));
         // Without a gateway, the family tells routes apart.

@@ -452,6 +452,19 @@ fn lifetime_refreshes_do_not_cut_a_backoff_wait() {
     }
     watchdog::extend(scaled(secs(120)));
     let pair = Pair::new();
+    // The link-local address becomes usable (new, rightly news) before the client starts.
+    let dad_done = poll_until(scaled(secs(10)), || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", pair.dev.name(), "-6", "addr", "show", "dev", "veth0"])
+            .arg("tentative")
+            .output()
+            .expect("ip");
+        out.stdout.is_empty().then_some(())
+    });
+    assert!(
+        dad_done.is_some(),
+        "veth0's link-local address stays tentative"
+    );
     // 503 without Retry-After: a plain backoff wait, which a new address would cut.
     let (server, url) = refusing_server(&pair, 503, &[]);
     let mut w = client(
@@ -461,7 +474,6 @@ fn lifetime_refreshes_do_not_cut_a_backoff_wait() {
     );
     let (delay, seen) = wait_for_a_long_wait(&mut w, secs(4), scaled(secs(90)));
     let before = server.accepted();
-    // (Earlier, the link-local address finishing duplicate address detection was news.)
     let logged_before = w.output().stderr.len();
     let window = delay
         .saturating_sub(seen.elapsed())
