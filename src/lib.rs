@@ -88,6 +88,7 @@ mod events;
 pub mod headers;
 #[doc(hidden)]
 pub mod linkwatch;
+mod local;
 #[doc(hidden)]
 pub mod logging;
 mod machine;
@@ -115,7 +116,7 @@ pub use backoff::{Random, SplitMix64};
 pub use config::{Config, HeartbeatMode, Target, parse_target};
 pub use error::{ConfigError, ConnectError, Exit, Stage, UsageError};
 pub use events::{ConnId, Ending, Observer};
-pub use status_file::{State, Status};
+pub use status_file::{LocalCounts, State, Status};
 pub use stdout::StdoutLines;
 pub use supervisor::{Handle, Supervisor, Systemd};
 
@@ -142,11 +143,29 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     os::limit_malloc_arenas();
     let once = config.once;
     let max_line = config.max_message_size;
-    let stdout = match StdoutLines::new() {
-        Ok(stdout) => stdout,
-        Err(err) => return Ok(Ending::GaveUp(format!("stdout: {err}"))),
+    let max_clients = config.socket_max_clients;
+    // Still one thread: socket activation's variables are unset here.
+    let local = if once {
+        None
+    } else {
+        local::Local::open(
+            config.socket.as_deref(),
+            config.socket_mode,
+            config.queue_bytes,
+        )?
     };
-    let supervisor = Supervisor::new(config, Arc::new(stdout))?;
+    // With a local socket, received messages go to its clients instead of stdout.
+    let observer: Arc<dyn Observer> = match &local {
+        Some(local) => local.observer(),
+        None => match StdoutLines::new() {
+            Ok(stdout) => Arc::new(stdout),
+            Err(err) => return Ok(Ending::GaveUp(format!("stdout: {err}"))),
+        },
+    };
+    let mut supervisor = Supervisor::new(config, observer)?;
+    if let Some(local) = &local {
+        supervisor = supervisor.with_local_counts(Box::new(local.counts()));
+    }
     let systemd = Systemd {
         notifier: sd_notify::Notifier::from_env(),
         watchdog: sd_notify::watchdog_interval(
@@ -181,8 +200,21 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
         .map_err(|err| log::debug!("stdin not read: {err}"))
         .ok()
     };
+    let local_thread = local.and_then(|local| {
+        let changed = handle.clone();
+        local
+            .spawn(handle.outbox(), max_line, max_clients, move || {
+                changed.local_changed()
+            })
+            .map_err(|err| log::error!("local socket thread: {err}"))
+            .ok()
+    });
     drop(handle);
     let ending = supervisor.run();
+    // After the server's Close: the clients get what arrived, then are closed.
+    if let Some(thread) = local_thread {
+        thread.stop();
+    }
     if let Some(thread) = stdin_thread {
         thread.stop();
     }
