@@ -238,7 +238,11 @@ fn render_local(out: &mut String, local: &LocalCounts) {
         "counter",
         "Received messages dropped while no local client was connected.",
     );
-    let _ = writeln!(out, "wsbeat_undelivered_messages_total {}", local.undelivered);
+    let _ = writeln!(
+        out,
+        "wsbeat_undelivered_messages_total {}",
+        local.undelivered
+    );
     metric(
         out,
         "wsbeat_local_lagging_disconnects_total",

@@ -506,6 +506,33 @@ mod tests {
     }
 
     #[test]
+    fn try_push_gives_a_refused_line_back_and_wakes_its_producer_when_room_appears() {
+        let outbox = Outbox::new(2, usize::MAX);
+        let rooms = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&rooms);
+        outbox.set_room_waker(Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        outbox.attach(Box::new(|| {}));
+        assert_eq!(outbox.try_push("a".into()), Ok(()));
+        assert_eq!(outbox.try_push("b".into()), Ok(()));
+        assert_eq!(outbox.try_push("c".into()), Err("c".to_string()));
+        assert_eq!(rooms.load(Ordering::SeqCst), 0);
+        assert_eq!(outbox.take(1), ["a"]);
+        assert_eq!(rooms.load(Ordering::SeqCst), 1, "woken once room appears");
+        assert_eq!(outbox.try_push("c".into()), Ok(()));
+        // Taking more wakes nobody: no refused line waits.
+        outbox.take(usize::MAX);
+        assert_eq!(rooms.load(Ordering::SeqCst), 1);
+        // Disconnected, drop-oldest: never refused.
+        outbox.detach();
+        for n in 0..5 {
+            assert_eq!(outbox.try_push(n.to_string()), Ok(()));
+        }
+        assert_eq!(outbox.dropped(), 3);
+    }
+
+    #[test]
     fn the_writer_is_woken_once_per_burst() {
         let outbox = Outbox::new(100, usize::MAX);
         let wakes = Arc::new(AtomicUsize::new(0));

@@ -149,7 +149,8 @@ where
 
 /// Octal permission bits for the socket file (`660`, `0600`): at most `0777`.
 fn socket_mode(value: &str) -> Result<u32, String> {
-    let octal = !value.is_empty() && value.len() <= 4 && value.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    let octal =
+        !value.is_empty() && value.len() <= 4 && value.bytes().all(|b| (b'0'..=b'7').contains(&b));
     match u32::from_str_radix(value, 8) {
         Ok(mode) if octal && mode <= 0o777 => Ok(mode),
         _ => Err(format!(

@@ -26,7 +26,6 @@ pub type ClientId = u64;
 /// One received message as written to a client: the text and its `\n`.
 pub type Line = Arc<[u8]>;
 
-
 /// The log and the cursors. See the module documentation.
 #[derive(Debug)]
 pub struct Fanout {
@@ -259,7 +258,10 @@ mod tests {
         assert_eq!(fanout.take_lagging(), [2]);
         assert!(fanout.take_lagging().is_empty());
         let counts = fanout.counts();
-        assert_eq!((counts.clients, counts.lagging, counts.undelivered), (1, 1, 0));
+        assert_eq!(
+            (counts.clients, counts.lagging, counts.undelivered),
+            (1, 1, 0)
+        );
         assert!(fanout.held_bytes() <= 10);
         // Cut off: nothing more for it, and its leave changes nothing.
         assert!(fanout.pending(2, 10).is_empty());

@@ -178,10 +178,8 @@ impl Running {
                 self.offer_held();
             }
             // Clients first (the poll set's order), then new ones.
-            let mut index = 0;
-            for pollfd in &fds[2..] {
+            for (index, pollfd) in fds[2..].iter().enumerate() {
                 self.serve_client(index, pollfd.revents);
-                index += 1;
             }
             self.write_all_pending();
             self.close_lagging();
@@ -250,7 +248,9 @@ impl Running {
                 client.lines.finish(&mut |line| held.push_back(line));
                 client.reading = false;
             }
-            Ok(n) => client.lines.push(&buf[..n], &mut |line| held.push_back(line)),
+            Ok(n) => client
+                .lines
+                .push(&buf[..n], &mut |line| held.push_back(line)),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => {
                 log::debug!("local client pid {}: read: {err}", client.pid);
