@@ -9,7 +9,9 @@
 //! # In scope
 //! One client connection, `ws://` and `wss://` (native-tls), control or text
 //! heartbeats, stdin lines out and server text messages in, systemd
-//! notification, a status file and Prometheus metrics, Happy Eyeballs on
+//! notification, a status file and Prometheus metrics, a local Unix socket
+//! through which the device's programs share the connection (`--socket`, or
+//! systemd socket activation), Happy Eyeballs on
 //! dual-stack hosts, HTTP CONNECT proxies, the kernel's address changes
 //! (rtnetlink), an adaptive heartbeat for metered links. Plain std threads; no
 //! async runtime.
@@ -28,6 +30,8 @@
 //! heartbeat thread ┘                    │   machine (pure decisions, virtual-time tests)
 //!    connect thread (one per attempt) ──┘
 //!   reader thread ── Delivery (bytes-bounded) ──> output thread ──> stdout
+//!   with --socket: local thread (one poll) ── lines ──> Outbox;
+//!                  output thread ──> Fanout log ──> local thread ──> clients
 //! ```
 //! The [`Supervisor`] is a driver: every decision (reconnect delays, `--max-retries`,
 //! reload and stop in each phase, the watchdog) is made by the pure state machine (`machine`),
