@@ -31,8 +31,10 @@ use crate::stdin::LineSplitter;
 
 /// Size of one read from a client (one buffer for all of them).
 const READ_CHUNK: usize = 64 * 1024;
-/// Lines given to one `sendmsg`.
-const WRITE_LINES: usize = 64;
+/// Most lines given to one `sendmsg` (`IOV_MAX` is 1024)...
+const WRITE_LINES: usize = 512;
+/// ...and most bytes: about what a Unix socket's send buffer holds.
+const WRITE_BYTES: usize = 256 * 1024;
 /// Counts that changed are reported at most this often (the contract: within 1 s).
 const REPORT_EVERY: Duration = Duration::from_millis(200);
 
@@ -310,7 +312,14 @@ impl Running {
             }
             let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(lines.len());
             parts.push(IoSlice::new(&lines[0][client.offset..]));
-            parts.extend(lines[1..].iter().map(|line| IoSlice::new(line)));
+            let mut bytes = parts[0].len();
+            for line in &lines[1..] {
+                if bytes >= WRITE_BYTES {
+                    break;
+                }
+                bytes += line.len();
+                parts.push(IoSlice::new(line));
+            }
             match os::send_nowait(client.stream.as_fd(), &parts) {
                 Ok(written) => {
                     let mut left = written + client.offset;
