@@ -31,7 +31,7 @@ use crate::stdin::LineSplitter;
 
 /// Size of one read from a client (one buffer for all of them).
 const READ_CHUNK: usize = 64 * 1024;
-/// Most lines given to one `sendmsg` (`IOV_MAX` is 1024)...
+/// Most lines given to one `sendmsg`, two slices each (`IOV_MAX` is 1024)...
 const WRITE_LINES: usize = 512;
 /// ...and most bytes: about what a Unix socket's send buffer holds.
 const WRITE_BYTES: usize = 256 * 1024;
@@ -115,7 +115,7 @@ struct Client {
     hung_up: bool,
     /// It still receives messages.
     receiving: bool,
-    /// Bytes of its next line already written.
+    /// Bytes of its next line (text and newline) already written.
     offset: usize,
 }
 
@@ -310,25 +310,30 @@ impl Running {
             if lines.is_empty() {
                 return;
             }
-            let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(lines.len());
-            parts.push(IoSlice::new(&lines[0][client.offset..]));
-            let mut bytes = parts[0].len();
-            for line in &lines[1..] {
+            // Each line and its newline; the first from where the last write stopped.
+            let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(2 * lines.len());
+            let mut bytes = 0;
+            for (index, line) in lines.iter().enumerate() {
                 if bytes >= WRITE_BYTES {
                     break;
                 }
-                bytes += line.len();
-                parts.push(IoSlice::new(line));
+                let skip = if index == 0 { client.offset } else { 0 };
+                let text = &line.as_bytes()[skip.min(line.len())..];
+                if !text.is_empty() {
+                    parts.push(IoSlice::new(text));
+                }
+                parts.push(IoSlice::new(b"\n"));
+                bytes += text.len() + 1;
             }
             match os::send_nowait(client.stream.as_fd(), &parts) {
                 Ok(written) => {
                     let mut left = written + client.offset;
                     let mut done = 0;
                     for line in &lines {
-                        if left < line.len() {
+                        if left < line.len() + 1 {
                             break;
                         }
-                        left -= line.len();
+                        left -= line.len() + 1;
                         done += 1;
                     }
                     client.offset = left;
