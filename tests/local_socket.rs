@@ -312,7 +312,7 @@ fn messages_wait_for_the_next_client_and_the_overflow_is_counted() {
 fn a_client_that_never_reads_is_cut_off_and_the_others_carry_on() {
     let big = "x".repeat(1000);
     let server = Server::start(Behavior::default().send_every(ms(2), &big));
-    let mut local = Local::start(&server.url(), &["--queue-bytes", "65536"]);
+    let mut local = Local::start(&server.url(), &["--queue-bytes", "262144"]);
     server.expect_upgrades(WAIT(), 1);
     let mut stuck = local.client();
     let mut reader = local.client();
