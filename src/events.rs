@@ -53,6 +53,8 @@ pub enum Event {
     Link(crate::linkwatch::LinkEvent),
     /// Input ended; nothing to do but note it.
     InputClosed,
+    /// The local socket's counts changed: the status is written again.
+    LocalChanged,
     /// SIGHUP: re-read files, reconnect at once.
     Reload,
     /// SIGTERM/SIGINT: close with 1001 and stop.

@@ -9,7 +9,9 @@
 //! # In scope
 //! One client connection, `ws://` and `wss://` (native-tls), control or text
 //! heartbeats, stdin lines out and server text messages in, systemd
-//! notification, a status file and Prometheus metrics, Happy Eyeballs on
+//! notification, a status file and Prometheus metrics, a local Unix socket
+//! through which the device's programs share the connection (`--socket`, or
+//! systemd socket activation), Happy Eyeballs on
 //! dual-stack hosts, HTTP CONNECT proxies, the kernel's address changes
 //! (rtnetlink), an adaptive heartbeat for metered links. Plain std threads; no
 //! async runtime.
@@ -28,6 +30,8 @@
 //! heartbeat thread ┘                    │   machine (pure decisions, virtual-time tests)
 //!    connect thread (one per attempt) ──┘
 //!   reader thread ── Delivery (bytes-bounded) ──> output thread ──> stdout
+//!   with --socket: local thread (one poll) ── lines ──> Outbox;
+//!                  output thread ──> Fanout log ──> local thread ──> clients
 //! ```
 //! The [`Supervisor`] is a driver: every decision (reconnect delays, `--max-retries`,
 //! reload and stop in each phase, the watchdog) is made by the pure state machine (`machine`),
@@ -90,6 +94,7 @@ mod events;
 pub mod headers;
 #[doc(hidden)]
 pub mod linkwatch;
+mod local;
 #[doc(hidden)]
 pub mod logging;
 mod machine;
@@ -119,7 +124,7 @@ pub use backoff::{Random, SplitMix64};
 pub use config::{Config, HeartbeatMode, Target, parse_target};
 pub use error::{ConfigError, ConnectError, Exit, Stage, UsageError};
 pub use events::{ConnId, Ending, Observer};
-pub use status_file::{State, Status};
+pub use status_file::{LocalCounts, State, Status};
 pub use stdout::StdoutLines;
 pub use supervisor::{Handle, Supervisor, Systemd};
 
@@ -146,11 +151,29 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     os::limit_malloc_arenas();
     let once = config.once;
     let max_line = config.max_message_size;
-    let stdout = match StdoutLines::new() {
-        Ok(stdout) => stdout,
-        Err(err) => return Ok(Ending::GaveUp(format!("stdout: {err}"))),
+    let max_clients = config.socket_max_clients;
+    // Still one thread: socket activation's variables are unset here.
+    let local = if once {
+        None
+    } else {
+        local::Local::open(
+            config.socket.as_deref(),
+            config.socket_mode,
+            config.queue_bytes,
+        )?
     };
-    let supervisor = Supervisor::new(config, Arc::new(stdout))?;
+    // With a local socket, received messages go to its clients instead of stdout.
+    let observer: Arc<dyn Observer> = match &local {
+        Some(local) => local.observer(),
+        None => match StdoutLines::new() {
+            Ok(stdout) => Arc::new(stdout),
+            Err(err) => return Ok(Ending::GaveUp(format!("stdout: {err}"))),
+        },
+    };
+    let mut supervisor = Supervisor::new(config, observer)?;
+    if let Some(local) = &local {
+        supervisor = supervisor.with_local_counts(Box::new(local.counts()));
+    }
     let systemd = Systemd {
         notifier: sd_notify::Notifier::from_env(),
         watchdog: sd_notify::watchdog_interval(
@@ -185,8 +208,21 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
         .map_err(|err| log::debug!("stdin not read: {err}"))
         .ok()
     };
+    let local_thread = local.and_then(|local| {
+        let changed = handle.clone();
+        local
+            .spawn(handle.outbox(), max_line, max_clients, move || {
+                changed.local_changed()
+            })
+            .map_err(|err| log::error!("local socket thread: {err}"))
+            .ok()
+    });
     drop(handle);
     let ending = supervisor.run();
+    // After the server's Close: the clients get what arrived, then are closed.
+    if let Some(thread) = local_thread {
+        thread.stop();
+    }
     if let Some(thread) = stdin_thread {
         thread.stop();
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::events::Observer;
 use crate::metrics::{self, FailureReason, Snapshot};
 use crate::sd_notify::{Notifier, Notify};
-use crate::status_file::{State, Status, StatusFile};
+use crate::status_file::{LocalCounts, State, Status, StatusFile};
 
 /// The current facts, as the supervisor knows them at a publish.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct Facts {
     pub messages_sent: u64,
     /// Messages received.
     pub messages_received: u64,
+    /// With a local socket: its counts.
+    pub local: Option<LocalCounts>,
 }
 
 /// The reporting side of the supervisor.
@@ -76,6 +78,7 @@ impl Report {
                 heartbeats: 0,
                 bytes_sent: 0,
                 bytes_received: 0,
+                local: None,
             },
             url,
             reported_rtt: None,
@@ -121,6 +124,7 @@ impl Report {
             || facts.heartbeats != status.heartbeats
             || facts.resent != status.resent
             || facts.bytes_received != status.bytes_received
+            || facts.local != status.local
             || facts.ping_interval.as_millis() as u64 != status.ping_interval_ms;
         if changed {
             self.publish(facts, observer);
@@ -148,6 +152,7 @@ impl Report {
         status.resent = facts.resent;
         status.bytes_sent = facts.bytes_sent;
         status.bytes_received = facts.bytes_received;
+        status.local = facts.local;
         self.notify(&[Notify::Status(self.describe())]);
         observer.state(&self.status);
         if let Some(file) = &self.status_file {
@@ -179,6 +184,7 @@ impl Report {
             dropped: status.dropped,
             resent: status.resent,
             state_since_seconds: status.since_unix_ms as f64 / 1000.0,
+            local: status.local,
             ..self.failures.clone()
         }
     }

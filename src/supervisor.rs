@@ -41,7 +41,7 @@ use crate::os;
 use crate::outbox::Outbox;
 use crate::report::{Facts, Report};
 use crate::sd_notify::{Notifier, Notify};
-use crate::status_file::StatusFile;
+use crate::status_file::{LocalCounts, StatusFile};
 use crate::tls::{Connector, TlsFiles};
 use crate::traffic::Traffic;
 use crate::transport::{self, Abort, Connection, Dial};
@@ -83,7 +83,20 @@ impl Handle {
     pub fn input_closed(&self) {
         let _ = self.0.send(Event::InputClosed);
     }
+
+    /// The queue [`send`](Handle::send) fills (the local socket offers lines without waiting).
+    pub(crate) fn outbox(&self) -> Arc<Outbox> {
+        Arc::clone(&self.1)
+    }
+
+    /// The local socket's counts changed: write the status again.
+    pub(crate) fn local_changed(&self) {
+        let _ = self.0.send(Event::LocalChanged);
+    }
 }
+
+/// Reads the local socket's counts for the status file.
+pub(crate) type LocalCountsReader = Box<dyn Fn() -> LocalCounts + Send>;
 
 /// systemd integration, read from the environment by the caller.
 #[derive(Default)]
@@ -147,6 +160,8 @@ pub struct Supervisor {
     adaptive: Option<SharedAdaptive>,
     /// The kernel's address and route changes; started by `run`.
     link_watch: Option<LinkWatch>,
+    /// With a local socket: its counts, for the status file.
+    local_counts: Option<LocalCountsReader>,
 }
 
 impl Supervisor {
@@ -193,7 +208,14 @@ impl Supervisor {
             traffic: Arc::new(Traffic::default()),
             adaptive,
             link_watch: None,
+            local_counts: None,
         })
+    }
+
+    /// Reports the local socket's counts (`local_clients=` ...).
+    pub(crate) fn with_local_counts(mut self, counts: LocalCountsReader) -> Supervisor {
+        self.local_counts = Some(counts);
+        self
     }
 
     /// Reports to systemd while running.
@@ -357,6 +379,12 @@ impl Supervisor {
             Event::Link(event) => return self.link_input(event),
             Event::InputClosed => {
                 log::debug!("stdin closed; the connection stays up");
+                return None;
+            }
+            Event::LocalChanged => {
+                // Like a state change: written at once (the socket thread spaces them).
+                let facts = self.facts();
+                self.report.publish(&facts, self.observer.as_ref());
                 return None;
             }
             Event::Reload => Input::Reload {
@@ -786,6 +814,7 @@ impl Supervisor {
             bytes_received: Traffic::get(&self.traffic.bytes_received),
             messages_sent: Traffic::get(&self.traffic.messages_sent),
             messages_received: Traffic::get(&self.traffic.messages_received),
+            local: self.local_counts.as_ref().map(|counts| counts()),
         }
     }
 

@@ -88,6 +88,12 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// Follow the kernel's address and route changes (rtnetlink).
     pub link_watch: bool,
+    /// `--socket`: the local Unix socket for the device's programs.
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file wsbeat creates.
+    pub socket_mode: u32,
+    /// Local clients connected at once.
+    pub socket_max_clients: usize,
     /// Probe mode: one heartbeat, print its RTT, exit.
     pub once: bool,
     /// HTTP CONNECT proxy for this target (`--proxy` or the proxy variables), if any.
@@ -123,6 +129,9 @@ impl Config {
             status_file: None,
             metrics_file: None,
             link_watch: true,
+            socket: None,
+            socket_mode: 0o660,
+            socket_max_clients: 32,
             once: false,
             proxy: None,
         }

@@ -38,6 +38,9 @@ pub(super) enum Opt {
     StatusFile,
     MetricsFile,
     NoLinkWatch,
+    Socket,
+    SocketMode,
+    SocketMaxClients,
     Once,
     Help,
     Version,
@@ -141,6 +144,19 @@ where
     match parse_number::<T>(value) {
         Some(n) if n >= min && n <= max => Ok(n),
         _ => Err(format!("invalid number {} (use {hint})", quote(value))),
+    }
+}
+
+/// Octal permission bits for the socket file (`660`, `0600`): at most `0777`.
+fn socket_mode(value: &str) -> Result<u32, String> {
+    let octal =
+        !value.is_empty() && value.len() <= 4 && value.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    match u32::from_str_radix(value, 8) {
+        Ok(mode) if octal && mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "invalid mode {} (use octal digits such as 0660)",
+            quote(value)
+        )),
     }
 }
 
@@ -512,6 +528,47 @@ pub(super) const OPTIONS: &[Spec] = &[
         default: None,
         section: Section::Data,
         help: &["do not follow the kernel's address and route", "changes"],
+    },
+    Spec {
+        opt: Opt::Socket,
+        name: "socket",
+        short: None,
+        takes: Takes::Value("PATH", |config, value| {
+            config.socket = path(value)?;
+            Ok(())
+        }),
+        default: None,
+        section: Section::Data,
+        help: &[
+            "local Unix socket: each line a client writes",
+            "is sent, each message received goes to every",
+            "client (instead of stdout)",
+        ],
+    },
+    Spec {
+        opt: Opt::SocketMode,
+        name: "socket-mode",
+        short: None,
+        takes: Takes::Value("MODE", |config, value| {
+            config.socket_mode = socket_mode(value)?;
+            Ok(())
+        }),
+        default: Some("0660"),
+        section: Section::Data,
+        help: &["octal mode of the socket file [{default}]"],
+    },
+    Spec {
+        opt: Opt::SocketMaxClients,
+        name: "socket-max-clients",
+        short: None,
+        takes: Takes::Value("N", |config, value| {
+            config.socket_max_clients =
+                number(value, 1, 1 << 16, "a whole number from 1 to 65536")?;
+            Ok(())
+        }),
+        default: Some("32"),
+        section: Section::Data,
+        help: &["local clients connected at once [{default}]"],
     },
     Spec {
         opt: Opt::Once,
