@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crate::error::ConnectError;
-use crate::status_file::Status;
-use crate::transport::Connection;
+use crate::net::transport::Connection;
+use crate::report::status_file::Status;
 
 /// Identifies one connection attempt; every event carries it, so a late event
 /// from a connection already torn down is recognised and ignored.
@@ -50,7 +50,7 @@ pub enum Event {
         idle: Option<Duration>,
     },
     /// The kernel reported an address, link or route change.
-    Link(crate::linkwatch::LinkEvent),
+    Link(crate::net::linkwatch::LinkEvent),
     /// Input ended; nothing to do but note it.
     InputClosed,
     /// The local socket's counts changed: the status is written again.

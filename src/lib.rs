@@ -81,51 +81,33 @@
 // The modules are private: the public API is the re-exported set below, so an
 // internal type is not a semver promise. `config`, `headers`, `logging` and
 // `linkwatch` stay reachable (hidden) for the binary, the fuzz targets and tests.
-mod adaptive;
-mod backoff;
 #[doc(hidden)]
 pub mod config;
 mod connection;
-mod delivery;
-mod dial;
 mod error;
 mod events;
-#[doc(hidden)]
-pub mod headers;
-#[doc(hidden)]
-pub mod linkwatch;
 mod local;
-#[doc(hidden)]
-pub mod logging;
-mod machine;
-mod metrics;
+mod net;
 #[allow(unsafe_code)]
 mod os;
-mod outbox;
-mod proxy;
 mod report;
-#[cfg(feature = "tls")]
-mod san;
-mod sd_notify;
-mod signals;
-mod status_file;
-mod stdin;
-mod stdout;
+mod rules;
 mod supervisor;
-#[cfg(feature = "tls")]
-mod tls;
-#[cfg(not(feature = "tls"))]
-#[path = "no_tls.rs"]
-mod tls;
-mod traffic;
-mod transport;
 
-pub use backoff::{Random, SplitMix64};
+// Reachable (hidden) for the binary, the fuzz targets and the tests.
+#[doc(hidden)]
+pub use config::headers;
+#[doc(hidden)]
+pub use net::linkwatch;
+#[doc(hidden)]
+pub use report::logging;
+
 pub use config::{Config, HeartbeatMode, Target, parse_target};
 pub use error::{ConfigError, ConnectError, Exit, Stage, UsageError};
 pub use events::{ConnId, Ending, Observer};
-pub use status_file::{LocalCounts, State, Status};
-pub use stdout::StdoutLines;
+pub use local::stdout::StdoutLines;
+pub use report::status_file::{LocalCounts, State, Status};
+pub use rules::backoff::{Random, SplitMix64};
 pub use supervisor::{Handle, Supervisor, Systemd};
 
 use std::sync::Arc;
@@ -134,7 +116,7 @@ use std::sync::Arc;
 /// Returns how it ended; `Err` is a configuration file problem (exit 78).
 pub fn run(config: Config) -> Result<Ending, ConfigError> {
     // Handlers first, before any thread exists, so every thread inherits them.
-    let signals = match signals::SignalListener::install() {
+    let signals = match local::signals::SignalListener::install() {
         Ok(signals) => Some(signals),
         Err(err) => {
             log::error!("signal handlers: {err}");
@@ -144,7 +126,7 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     // Also for a client certificate on ws://: checking the pair builds a TLS context,
     // which would otherwise parse the whole system CA bundle.
     if config.target.tls || config.client_cert.is_some() {
-        tls::prefer_hashed_system_roots();
+        net::tls::prefer_hashed_system_roots();
     }
     // One arena: a client that moves a few messages a second gains nothing from one
     // per thread and pays for each in resident memory. Before any thread starts.
@@ -156,7 +138,7 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     let local = if once {
         None
     } else {
-        local::Local::open(
+        local::socket::Local::open(
             config.socket.as_deref(),
             config.socket_mode,
             config.queue_bytes,
@@ -175,8 +157,8 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
         supervisor = supervisor.with_local_counts(Box::new(local.counts()));
     }
     let systemd = Systemd {
-        notifier: sd_notify::Notifier::from_env(),
-        watchdog: sd_notify::watchdog_interval(
+        notifier: report::sd_notify::Notifier::from_env(),
+        watchdog: report::sd_notify::watchdog_interval(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
             std::env::var("WATCHDOG_PID").ok().as_deref(),
             std::process::id(),
@@ -188,8 +170,8 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
         let handle = handle.clone();
         signals
             .spawn(move |signal| match signal {
-                signals::Signal::Terminate => handle.stop(),
-                signals::Signal::Reload => handle.reload(),
+                local::signals::Signal::Terminate => handle.stop(),
+                local::signals::Signal::Reload => handle.reload(),
             })
             .map_err(|err| log::error!("signal thread: {err}"))
             .ok()
@@ -199,7 +181,7 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     } else {
         let lines = handle.clone();
         let eof = handle.clone();
-        stdin::spawn_reader(
+        local::stdin::spawn_reader(
             std::io::stdin(),
             max_line,
             move |line| lines.send(line),

@@ -21,30 +21,30 @@ use std::time::{Duration, Instant};
 
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::adaptive::{self, Adaptive, SharedAdaptive};
-use crate::backoff::{Backoff, Random, SplitMix64};
+use crate::config::headers::read_header_file;
 use crate::config::{Config, HeartbeatMode};
-use crate::connection::heartbeat::Cadence;
-use crate::connection::liveness::{self, Liveness, SharedLiveness, Verdict};
 use crate::connection::reader::Reader;
 use crate::connection::socket::SharedSocket;
-use crate::connection::unacked::SentWindow;
+use crate::connection::traffic::Traffic;
 use crate::connection::writer::{Command, PingPlan, WRITE_BATCH_BYTES, Writer};
-use crate::delivery::{self, Delivery};
 use crate::error::{ConfigError, ConnectError, Stage};
 pub use crate::events::{ConnId, Ending, Event, Observer};
-use crate::headers::read_header_file;
-use crate::linkwatch::{self, LinkEvent, LinkWatch};
-use crate::machine::{Action, CLOSE_DRAIN, Input, Machine, Settings};
-use crate::metrics;
+use crate::local::delivery::{self, Delivery};
+use crate::local::outbox::Outbox;
+use crate::net::linkwatch::{self, LinkEvent, LinkWatch};
+use crate::net::tls::{Connector, TlsFiles};
+use crate::net::transport::{self, Abort, Connection, Dial};
 use crate::os;
-use crate::outbox::Outbox;
+use crate::report::metrics;
+use crate::report::sd_notify::{Notifier, Notify};
+use crate::report::status_file::{LocalCounts, StatusFile};
 use crate::report::{Facts, Report};
-use crate::sd_notify::{Notifier, Notify};
-use crate::status_file::{LocalCounts, StatusFile};
-use crate::tls::{Connector, TlsFiles};
-use crate::traffic::Traffic;
-use crate::transport::{self, Abort, Connection, Dial};
+use crate::rules::adaptive::{self, Adaptive, SharedAdaptive};
+use crate::rules::backoff::{Backoff, Random, SplitMix64};
+use crate::rules::heartbeat::Cadence;
+use crate::rules::liveness::{self, Liveness, SharedLiveness, Verdict};
+use crate::rules::machine::{Action, CLOSE_DRAIN, Input, Machine, Settings};
+use crate::rules::unacked::SentWindow;
 
 /// How long any ending other than a stop waits for abandoned connect threads (stuck
 /// in DNS) and for the output to drain.

@@ -5,12 +5,16 @@
 //!   drives the command line, the environment fallback and `--help`;
 //! - `argv`: the loop over the arguments and the `WSBEAT_*` fallback;
 //! - this module: [`Config`], [`parse`] and the checks across options;
-//! - `duration` and `target`: the DURATION and URL parsers (fuzzed).
+//! - `duration` and `target`: the DURATION and URL parsers (fuzzed);
+//! - `proxy`: which HTTP CONNECT proxy a target goes through;
+//! - `headers`: the `--header-file` format (fuzzed).
 
 mod argv;
 mod duration;
+pub mod headers;
 mod help;
 mod options;
+pub mod proxy;
 mod target;
 
 use std::ffi::OsString;
@@ -23,7 +27,7 @@ pub use self::help::{USAGE, Usage};
 use self::options::{OPTIONS, Opt};
 pub use self::target::{Target, parse_target};
 use crate::error::UsageError;
-use crate::proxy::Proxy;
+use proxy::Proxy;
 
 /// How a heartbeat is sent and recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +227,7 @@ where
             ));
         }
     };
-    config.proxy = crate::proxy::select(sources.value(Opt::Proxy), &config.target, sources.env())?;
+    config.proxy = proxy::select(sources.value(Opt::Proxy), &config.target, sources.env())?;
     check(&config, &|opt| sources.origin(opt))?;
     Ok(Parsed::Run(Box::new(config)))
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::duration::{parse_auto, parse_duration};
 use super::help::Section;
 use super::{Config, HeartbeatMode, MAX_MESSAGE_SIZE_LIMIT, Parsed, parse_number, quote};
-use crate::headers::{TOKEN_PUNCTUATION, is_token_char, parse_header};
+use crate::config::headers::{TOKEN_PUNCTUATION, is_token_char, parse_header};
 
 /// An option, named in code: a misspelt option is a compile error, not a silent miss.
 /// Each has one entry in [`OPTIONS`].

@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::backoff::{Backoff, Failure, Random};
 use crate::error::ConnectError;
 use crate::events::{ConnId, Ending};
-use crate::status_file::State;
+use crate::report::status_file::State;
+use crate::rules::backoff::{Backoff, Failure, Random};
 
 /// With the heartbeat off, a connection this old counts as proven alive.
 pub const QUIET_PROOF: Duration = Duration::from_secs(10);
@@ -1058,7 +1058,7 @@ mod tests {
         // And with the smallest draw, half of it.
         let mut run = Run::new(settings());
         run.machine
-            .set_random(Box::new(crate::backoff::SplitMix64::new(0)));
+            .set_random(Box::new(crate::rules::backoff::SplitMix64::new(0)));
         struct Smallest;
         impl Random for Smallest {
             fn below(&mut self, _: Duration) -> Duration {

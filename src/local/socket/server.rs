@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use super::fanout::{ClientId, Fanout};
 use crate::events::Observer;
+use crate::local::outbox::Outbox;
+use crate::local::stdin::LineSplitter;
 use crate::os::{self, Wake};
-use crate::outbox::Outbox;
-use crate::status_file::LocalCounts;
-use crate::stdin::LineSplitter;
+use crate::report::status_file::LocalCounts;
 
 /// Size of one read from a client (one buffer for all of them).
 const READ_CHUNK: usize = 64 * 1024;

@@ -16,9 +16,9 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use crate::backoff::SplitMix64;
 use crate::error::ConfigError;
 use crate::os;
+use crate::rules::backoff::SplitMix64;
 
 /// The variables of socket activation, unset once read (as `sd_listen_fds` does),
 /// so programs wsbeat might start do not take them for theirs.
@@ -177,7 +177,7 @@ fn create(path: &Path, mode: u32) -> io::Result<UnixListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status_file::test_support::TempDir;
+    use crate::report::status_file::test_support::TempDir;
 
     #[test]
     fn creates_with_the_mode_replaces_a_stale_one_and_removes_it() {

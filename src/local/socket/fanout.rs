@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use crate::status_file::LocalCounts;
+use crate::report::status_file::LocalCounts;
 
 /// A local client, as the socket server numbers them.
 pub type ClientId = u64;

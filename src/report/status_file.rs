@@ -17,7 +17,7 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::backoff::SplitMix64;
+use crate::rules::backoff::SplitMix64;
 
 /// Names tried for a temporary file before giving up; another is only needed when a name
 /// exists already, i.e. someone planted or guessed one.

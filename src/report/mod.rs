@@ -2,13 +2,23 @@
 //! file, systemd's `STATUS=` and the observer's state callback, all from one
 //! [`Facts`] gathered by the supervisor. It decides what a refresh must write;
 //! the supervisor only says when.
+//!
+//! - `status_file`: the `key=value` state file, replaced atomically;
+//! - `metrics`: the Prometheus textfile;
+//! - `sd_notify`: systemd's notification socket and watchdog;
+//! - `logging`: stderr lines, with journald priorities under systemd.
+
+pub mod logging;
+pub mod metrics;
+pub mod sd_notify;
+pub mod status_file;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use self::metrics::{FailureReason, Snapshot};
+use self::sd_notify::{Notifier, Notify};
+use self::status_file::{LocalCounts, State, Status, StatusFile};
 use crate::events::Observer;
-use crate::metrics::{self, FailureReason, Snapshot};
-use crate::sd_notify::{Notifier, Notify};
-use crate::status_file::{LocalCounts, State, Status, StatusFile};
 
 /// The current facts, as the supervisor knows them at a publish.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use crate::outbox::LineQueue;
+use crate::local::outbox::LineQueue;
 
 struct State {
     /// The outbox's byte-bounded queue, used connected-style: full means wait.

@@ -1,11 +1,11 @@
 //! `--metrics-file`: the client's figures in the Prometheus text exposition format,
 //! for node_exporter's textfile collector. Rendering is pure; the file is replaced
-//! atomically together with the status file (see [`crate::status_file`]).
+//! atomically together with the status file (see [`crate::report::status_file`]).
 
 use std::fmt::Write as _;
 
 use crate::error::ConnectError;
-use crate::status_file::LocalCounts;
+use crate::report::status_file::LocalCounts;
 
 /// Why an attempt failed, as the `reason` label says it: a small fixed set, so a
 /// fleet's dashboards can sum over devices.

@@ -1,5 +1,5 @@
-//! Opening a connection: resolve, TCP (Happy Eyeballs, [`crate::dial`]), the HTTP
-//! proxy's tunnel if any ([`crate::proxy`]), TLS, WebSocket upgrade, all under one
+//! Opening a connection: resolve, TCP (Happy Eyeballs, [`crate::net::dial`]), the HTTP
+//! proxy's tunnel if any ([`crate::net::tunnel`]), TLS, WebSocket upgrade, all under one
 //! deadline (`--connect-timeout`), and classifying why an attempt failed.
 //!
 //! tungstenite's own `connect`/`client_tls*` have no overall timeout and panic when
@@ -23,12 +23,13 @@ use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Target;
-use crate::dial::{self, Wake};
+use crate::config::proxy::Proxy;
+use crate::connection::traffic::Traffic;
 use crate::error::{ConnectError, Stage};
+use crate::net::dial::{self, Wake};
+use crate::net::tls::Connector;
+use crate::net::tunnel;
 use crate::os;
-use crate::proxy::{self, Proxy};
-use crate::tls::Connector;
-use crate::traffic::Traffic;
 
 /// The TCP socket under the WebSocket (and under TLS). It stays blocking; while the
 /// reader drains, each read is made non-blocking on its own (`MSG_DONTWAIT`) instead of
@@ -129,7 +130,7 @@ impl Stream {
     }
 
     /// The outgoing stream's length so far, in the kernel's count (see
-    /// [`crate::connection::unacked`]); `None` where the kernel does not report
+    /// [`crate::rules::unacked`]); `None` where the kernel does not report
     /// acknowledgements.
     pub fn written(&self) -> Option<u64> {
         match self {
@@ -277,7 +278,7 @@ pub fn connect(
     abort.watch(&tcp)?;
     if let Some(through) = dial.proxy {
         abort.enter(Stage::Proxy);
-        proxy::tunnel(&tcp, through, dial.target, deadline)?;
+        tunnel::tunnel(&tcp, through, dial.target, deadline)?;
     }
     let control = tcp.try_clone().map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
