@@ -18,35 +18,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::rules::backoff::SplitMix64;
+pub use crate::rules::machine::State;
 
 /// Names tried for a temporary file before giving up; another is only needed when a name
 /// exists already, i.e. someone planted or guessed one.
 const TEMP_ATTEMPTS: usize = 16;
-
-/// The connection state named by `state=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Resolving, connecting, TLS or upgrade in progress.
-    Connecting,
-    /// Upgraded; heartbeats are running.
-    Connected,
-    /// Waiting before the next connection attempt.
-    Backoff,
-    /// Shut down (signal, `--max-retries` exhausted).
-    Stopped,
-}
-
-impl State {
-    /// The word written to the file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Connecting => "connecting",
-            State::Connected => "connected",
-            State::Backoff => "backoff",
-            State::Stopped => "stopped",
-        }
-    }
-}
 
 /// Everything the status file holds.
 #[derive(Debug, Clone, PartialEq)]
