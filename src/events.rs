@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::error::ConnectError;
-use crate::net::transport::Connection;
+use crate::net::stream::Connection;
 use crate::report::status_file::Status;
 pub use crate::rules::machine::{ConnId, Ending};
 

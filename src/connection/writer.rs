@@ -28,7 +28,7 @@ use crate::config::HeartbeatMode;
 use crate::connection::traffic::Traffic;
 use crate::events::{ConnId, Event};
 use crate::local::outbox::Outbox;
-use crate::net::transport::Stream;
+use crate::net::stream::Stream;
 use crate::os;
 use crate::rules::adaptive::{self, SharedAdaptive};
 use crate::rules::heartbeat::Cadence;

@@ -7,6 +7,7 @@ pub mod dial;
 pub mod linkwatch;
 #[cfg(feature = "tls")]
 pub mod san;
+pub mod stream;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(not(feature = "tls"))]
