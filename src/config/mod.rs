@@ -16,6 +16,7 @@ mod help;
 mod options;
 pub mod proxy;
 mod target;
+mod values;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
