@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::ConnectError;
 use crate::net::stream::Connection;
-use crate::report::status_file::Status;
+pub use crate::report::observer::Observer;
 pub use crate::rules::machine::{ConnId, Ending};
 
 /// Everything that wakes the supervisor.
@@ -56,26 +56,4 @@ pub enum Event {
     Reload,
     /// SIGTERM/SIGINT: close with 1001 and stop.
     Terminate,
-}
-
-/// Receives what the client gets from the server, and its state changes.
-pub trait Observer: Send + Sync {
-    /// A text message from the server (heartbeat replies excluded). Called on the
-    /// delivery thread, never on the reader: it may take its time (received
-    /// messages wait in a buffer bounded by `--queue-bytes`, and when that is full
-    /// the client stops reading from the server).
-    fn message(&self, text: &str);
-    /// Several messages at once, in order; by default [`message`](Observer::message) each.
-    fn messages(&self, texts: &[String]) {
-        for text in texts {
-            self.message(text);
-        }
-    }
-    /// The client is stopping and will not wait any longer: a `message` call that
-    /// is blocked (on a stdout nobody reads) should return soon.
-    fn interrupt(&self) {}
-    /// The state changed (connecting, connected, backoff, stopped).
-    fn state(&self, _status: &Status) {}
-    /// A heartbeat was answered after `rtt`. Called on the reader thread; keep it short.
-    fn heartbeat(&self, _rtt: Duration) {}
 }

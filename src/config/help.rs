@@ -3,17 +3,7 @@
 
 use std::fmt;
 
-use super::options::{OPTIONS, Spec, Takes};
-
-/// The `--help` section an option is listed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Section {
-    Heartbeat,
-    Connection,
-    Tls,
-    Data,
-    Info,
-}
+use super::options::{OPTIONS, Section, Spec, Takes};
 
 impl Section {
     /// In `--help` order.

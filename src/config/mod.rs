@@ -28,16 +28,8 @@ pub use self::help::{USAGE, Usage};
 use self::options::{OPTIONS, Opt};
 pub use self::target::{Target, parse_target};
 use crate::error::UsageError;
+pub use crate::rules::liveness::HeartbeatMode;
 use proxy::Proxy;
-
-/// How a heartbeat is sent and recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeartbeatMode {
-    /// RFC 6455 Ping frames answered by Pong frames.
-    Control,
-    /// An application text message (`--ping-text`) answered by `--pong-text`.
-    Text,
-}
 
 /// Everything the client needs, validated. Defaults are the contract's.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,10 +4,19 @@
 //! first error reported does not depend on the order of the arguments.
 
 use super::duration::{parse_auto, parse_duration};
-use super::help::Section;
 use super::values::{number, path, socket_mode, subprotocols};
 use super::{Config, HeartbeatMode, MAX_MESSAGE_SIZE_LIMIT, Parsed, quote};
 use crate::config::headers::parse_header;
+
+/// The `--help` section an option is listed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Section {
+    Heartbeat,
+    Connection,
+    Tls,
+    Data,
+    Info,
+}
 
 /// An option, named in code: a misspelt option is a compile error, not a silent miss.
 /// Each has one entry in [`OPTIONS`].

@@ -13,9 +13,9 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use super::socket::{Drain, SharedSocket};
-use crate::connection::traffic::Traffic;
 use crate::events::{ConnId, Event, Observer};
 use crate::local::delivery::{BATCH_BYTES, Delivery};
+use crate::report::traffic::Traffic;
 use crate::rules::liveness::{self, Proof, SharedLiveness};
 
 /// Most messages drained per lock acquisition, so waiting writers get their turn;

@@ -25,11 +25,11 @@ use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
 use super::socket::SharedSocket;
 use crate::config::HeartbeatMode;
-use crate::connection::traffic::Traffic;
 use crate::events::{ConnId, Event};
 use crate::local::outbox::Outbox;
 use crate::net::stream::Stream;
 use crate::os;
+use crate::report::traffic::Traffic;
 use crate::rules::adaptive::{self, SharedAdaptive};
 use crate::rules::heartbeat::Cadence;
 use crate::rules::liveness::{SharedLiveness, encode_ping, lock};

@@ -17,8 +17,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::events::Observer;
 use crate::os::{self, Wake};
+use crate::report::observer::Observer;
 
 /// Largest write that a pipe reported writable accepts without blocking.
 const CHUNK: usize = libc::PIPE_BUF;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use native_tls::TlsStream;
 use tungstenite::WebSocket;
 
-use crate::connection::traffic::Traffic;
 use crate::os;
+use crate::report::traffic::Traffic;
 
 /// The TCP socket under the WebSocket (and under TLS). It stays blocking; while the
 /// reader drains, each read is made non-blocking on its own (`MSG_DONTWAIT`) instead of

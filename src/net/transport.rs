@@ -23,12 +23,12 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Target;
 use crate::config::proxy::Proxy;
-use crate::connection::traffic::Traffic;
 use crate::error::{ConnectError, Stage};
 use crate::net::dial::{self, Wake};
 use crate::net::stream::{Connection, Socket, Stream, stream_length};
 use crate::net::tls::Connector;
 use crate::net::tunnel;
+use crate::report::traffic::Traffic;
 
 /// What one connection attempt needs.
 pub struct Dial<'a> {

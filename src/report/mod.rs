@@ -10,15 +10,17 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod observer;
 pub mod sd_notify;
 pub mod status_file;
+pub mod traffic;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::metrics::{FailureReason, Snapshot};
+use self::observer::Observer;
 use self::sd_notify::{Notifier, Notify};
 use self::status_file::{LocalCounts, State, Status, StatusFile};
-use crate::events::Observer;
 
 /// The current facts, as the supervisor knows them at a publish.
 #[derive(Debug, Clone)]

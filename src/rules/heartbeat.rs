@@ -55,8 +55,7 @@ impl Cadence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HeartbeatMode;
-    use crate::rules::liveness::{Proof, Verdict};
+    use crate::rules::liveness::{HeartbeatMode, Proof, Verdict};
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)

@@ -8,10 +8,17 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Bytes;
 
-use crate::config::HeartbeatMode;
-
 /// Pings older than this many unanswered ones are forgotten; the oldest decides death anyway.
 const MAX_UNANSWERED: usize = 64;
+
+/// How a heartbeat is sent and recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatMode {
+    /// RFC 6455 Ping frames answered by Pong frames.
+    Control,
+    /// An application text message (`--ping-text`) answered by `--pong-text`.
+    Text,
+}
 
 /// Control ping payload: sequence number and send time, so a pong is matched to its
 /// ping and the round trip is measured even if events arrive out of order.

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::config::headers::read_header_file;
-use crate::connection::traffic::Traffic;
 use crate::connection::writer::Command;
 use crate::error::{ConfigError, ConnectError};
 pub use crate::events::{ConnId, Ending, Event, Observer};
@@ -37,6 +36,7 @@ use crate::net::tls::{Connector, TlsFiles};
 use crate::report::metrics;
 use crate::report::sd_notify::{Notifier, Notify};
 use crate::report::status_file::{LocalCounts, StatusFile};
+use crate::report::traffic::Traffic;
 use crate::report::{Facts, Report};
 use crate::rules::adaptive::{self, Adaptive, SharedAdaptive};
 use crate::rules::backoff::{Backoff, Random, SplitMix64};

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::error::ConfigError;
-use crate::events::Observer;
 use crate::local::outbox::Outbox;
+use crate::report::observer::Observer;
 use crate::report::status_file::LocalCounts;
 
 use self::listener::Listener;

@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::fanout::{ClientId, Fanout};
-use crate::events::Observer;
 use crate::local::outbox::Outbox;
 use crate::local::stdin::LineSplitter;
 use crate::os::{self, Wake};
+use crate::report::observer::Observer;
 use crate::report::status_file::LocalCounts;
 
 /// Size of one read from a client (one buffer for all of them).
