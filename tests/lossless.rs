@@ -381,3 +381,253 @@ fn behind_the_proxy_a_blackhole_loses_only_what_the_proxy_acknowledged() {
         outcome.tally.missing_summary()
     );
 }
+
+/// A server that stops reading after a few lines while the client writes 4 KiB lines until
+/// the server's receive buffer is full and the rest waits in the client's socket, then reads what its kernel holds (everything it
+/// acknowledged) and closes: with a FIN, or with a RST (`reset`). What the client had
+/// written but the server's kernel never acknowledged goes out again on the next connection.
+///
+/// While the server drains, the client's further segments are dropped on the way out (one
+/// direction of that flow only; the FIN or RST still reaches the client): without that,
+/// the window the drain opens would let more data in between the last read and the close,
+/// acknowledged by the kernel and then thrown away with the socket, a loss no client can
+/// see.
+fn a_server_that_stops_reading_then_closes(test: &str, reset: bool) {
+    if !netns::netns_available(test) {
+        return;
+    }
+    const TOTAL: u64 = 300;
+    const WIDTH: usize = 4096;
+    let pair = Pair::new();
+    // A send buffer (8 MiB) far above what is written (1.2 MB): the client's writes never
+    // block in the kernel, whose backlog is the unacknowledged tail the test is about.
+    set_tcp_wmem(&pair.dev, "4096 8388608 16777216");
+    let listener = pair.srv.bind(format!("{SRV4}:0").parse().unwrap());
+    let server = Server::start_on_with(listener, |n| {
+        if n == 0 {
+            Behavior::default().stop_reading_after(5)
+        } else {
+            Behavior::default()
+        }
+    });
+    let remote = SocketAddr::new(SRV4.parse().unwrap(), server.port());
+    let dir = TempDir::new();
+    let status = dir.join("status");
+    // Room for everything in the queue and the window (1.2 MB each), so that what comes
+    // back from the dead connection is never dropped for space; a heartbeat that does not
+    // fire meanwhile, so the server's close is what ends the connection.
+    let mut w = Wsbeat::new()
+        .in_netns(pair.dev.name())
+        .args(["--ping-interval", "20s", "--pong-timeout", "20s"])
+        .args(["--backoff-initial", "100ms", "--backoff-max", "500ms"])
+        .args(["--queue-bytes", "4194304", "--queue-size", "10000"])
+        .arg("--status-file")
+        .arg(&status)
+        .arg(format!("ws://{remote}/"))
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    let mut stdin = w.take_stdin().expect("stdin");
+    let writer = thread::spawn(move || {
+        for n in 0..TOTAL {
+            if stdin
+                .write_all(format!("{}\n", numbered(n, WIDTH)).as_bytes())
+                .is_err()
+            {
+                break;
+            }
+        }
+        stdin
+    });
+    server.expect_count(WAIT(), 5, "5 lines before it stops reading", |e| {
+        e.conn == 0 && e.text().is_some()
+    });
+    let written = poll_until(WAIT(), || writer.is_finished().then_some(()));
+    assert!(written.is_some(), "stdin never took all lines");
+    // The client's socket holds bytes the server's kernel has not acknowledged, and no
+    // more move: the server's receive buffer is full.
+    let mut last = (0, Instant::now());
+    let stuck = poll_until(WAIT(), || {
+        let queued = pair.dev.established_to(remote).tx_queue;
+        if queued != last.0 {
+            last = (queued, Instant::now());
+        }
+        (queued > 0 && last.1.elapsed() >= ms(500)).then_some(queued)
+    });
+    let Some(unacknowledged) = stuck else {
+        panic!("the client's socket never filled up\n{}", w.output().dump());
+    };
+    let flow = pair.dev.established_to(remote);
+    pair.dev.blackhole_flow(BLACKHOLE, flow.local, remote, true);
+    let _stdin = writer.join().expect("writer");
+    server.close_after_draining(0, reset);
+    server.expect(WAIT(), "the first connection closed", |e| {
+        e.conn == 0 && matches!(e.kind, crate::util::server::Kind::Disconnected)
+    });
+    server.expect_upgrades(WAIT(), 2);
+    let tally = wait_all(&server, TOTAL, scaled(secs(20)));
+    let how = if reset { "RST" } else { "FIN" };
+    eprintln!(
+        "{test}: {TOTAL} lines of {WIDTH} B; the server read {} before its {how}, with \
+         {unacknowledged} bytes unacknowledged in the client's socket; lines per \
+         connection {:?}; {}; {} duplicate(s); resent={:?}",
+        tally.per_conn.first().copied().unwrap_or(0),
+        tally.per_conn,
+        tally.missing_summary(),
+        tally.duplicates,
+        status_number(&status, "resent"),
+    );
+    assert!(
+        tally.missing.is_empty(),
+        "lines the server never acknowledged were lost at its {how}: {}\n{}",
+        tally.missing_summary(),
+        w.output().dump()
+    );
+    expect_resent(&mut w, &status);
+}
+
+#[test]
+fn a_server_that_stops_reading_then_fins_loses_nothing() {
+    a_server_that_stops_reading_then_closes(
+        "a_server_that_stops_reading_then_fins_loses_nothing",
+        false,
+    );
+}
+
+#[test]
+fn a_server_that_stops_reading_then_resets_loses_nothing() {
+    a_server_that_stops_reading_then_closes(
+        "a_server_that_stops_reading_then_resets_loses_nothing",
+        true,
+    );
+}
+
+/// `VmRSS` of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Sets `net.ipv4.tcp_wmem` inside `ns` (per namespace), checking the host's is untouched.
+fn set_tcp_wmem(ns: &Netns, value: &'static str) {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_wmem";
+    let host = std::fs::read_to_string(PATH).ok();
+    let written = ns.within(move || std::fs::write(PATH, value));
+    let host_after = std::fs::read_to_string(PATH).ok();
+    if host_after != host {
+        if let Some(before) = &host {
+            let _ = std::fs::write(PATH, before);
+        }
+        panic!("tcp_wmem is not per namespace on this kernel (the host's changed; restored)");
+    }
+    written.unwrap_or_else(|e| panic!("{PATH} in the namespace: {e}"));
+}
+
+/// Shrinks a pipe to one page, so that what the producer has written and the child not yet
+/// read stays small next to the bounds a test measures.
+fn shrink_pipe(stdin: &ChildStdin) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a pipe descriptor we own.
+    let rc = unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(rc > 0, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+}
+
+/// The window of sent but unacknowledged lines is bounded by `--queue-bytes`, not by the
+/// kernel's send buffer: with a tiny one, a blackhole (shorter than the heartbeat's
+/// detection) fills it, and then reading stdin pauses: the producer is stuck instead of
+/// wsbeat's memory or the socket's backlog growing, and the connection is not given up
+/// for it. Once the path is back, TCP retransmits, the window empties and every line
+/// arrives.
+///
+/// The device's send buffer starts at 1 MiB (`tcp_wmem`, as autotuning reaches on a fast
+/// link), so a client bounded only by the kernel takes a megabyte into the dark; the
+/// bound here is a quarter of that. Before the window existed, a blocked write with no
+/// heartbeat due went unnoticed too, so this run has no death to lose lines to: it tests
+/// the bound alone.
+#[test]
+fn a_blackhole_pauses_stdin_within_queue_bytes() {
+    let test = "a_blackhole_pauses_stdin_within_queue_bytes";
+    if !netns::netns_available(test) {
+        return;
+    }
+    const WIDTH: usize = 200;
+    const DARK: Duration = Duration::from_secs(5);
+    let pair = Pair::new();
+    set_tcp_wmem(&pair.dev, "4096 1048576 4194304");
+    let listener = pair.srv.bind(format!("{SRV4}:0").parse().unwrap());
+    let server = Server::start_on(listener, Behavior::default());
+    let remote = SocketAddr::new(SRV4.parse().unwrap(), server.port());
+    let dir = TempDir::new();
+    let status = dir.join("status");
+    let mut w = Wsbeat::new()
+        .in_netns(pair.dev.name())
+        .args(["--ping-interval", "30s", "--pong-timeout", "3s"])
+        .args(["--backoff-initial", "100ms", "--backoff-max", "500ms"])
+        .args(["--queue-bytes", "16384"])
+        .arg("--status-file")
+        .arg(&status)
+        .arg(format!("ws://{remote}/"))
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+    // 2000 lines/s of 200 B: 400 KB/s, 2 MB offered in the dark.
+    let stdin = w.take_stdin().expect("stdin");
+    shrink_pipe(&stdin);
+    let feeder = Feeder::start(stdin, ms(10), 20, WIDTH);
+    thread::sleep(ms(1000));
+    let rss_before = rss_kib(w.pid());
+    let flow = pair.dev.established_to(remote);
+    let cut_at = Instant::now();
+    pair.dev
+        .blackhole_flow(BLACKHOLE, flow.local, remote, false);
+    let mut rss_max = rss_before;
+    while cut_at.elapsed() < DARK {
+        thread::sleep(ms(100));
+        rss_max = rss_max.max(rss_kib(w.pid()));
+    }
+    let lifted_at = Instant::now();
+    pair.dev.delete_table(BLACKHOLE);
+    let in_the_dark = feeder.written_between(cut_at, lifted_at);
+    // From halfway through the blackhole on, the producer must be stuck.
+    let late_in_the_dark = feeder.written_between(cut_at + DARK / 2, lifted_at);
+    thread::sleep(ms(1000));
+    let (total, _stdin) = feeder.stop();
+    let tally = wait_all(&server, total, scaled(secs(15)));
+    eprintln!(
+        "{test}: {total} lines of {WIDTH} B; {in_the_dark} written in the {DARK:?} blackhole, \
+         {late_in_the_dark} in its second half; VmRSS {rss_before} KiB before, at most \
+         {rss_max} KiB in the dark; {} connection(s); {}; {} duplicate(s); status {:?}",
+        server.upgrades(),
+        tally.missing_summary(),
+        tally.duplicates,
+        read_status(&status),
+    );
+    // The window (16 KiB), the queue (16 KiB), the pipe (4 KiB) and the stdin reader's
+    // chunk (64 KiB) hold far less than 256 KiB; the producer offered 2 MB, the kernel
+    // would have taken 1 MiB.
+    let bound = 256 * 1024 / WIDTH;
+    assert!(
+        late_in_the_dark <= 20 && in_the_dark <= bound,
+        "stdin kept being read during the blackhole: {in_the_dark} lines taken in the dark \
+         (bound {bound}), {late_in_the_dark} in its second half\n{}",
+        w.output().dump()
+    );
+    assert!(
+        rss_max <= rss_before + 8 * 1024,
+        "memory grew from {rss_before} KiB to {rss_max} KiB in the dark"
+    );
+    assert!(
+        tally.missing.is_empty(),
+        "lines lost: {}\n{}",
+        tally.missing_summary(),
+        w.output().dump()
+    );
+    assert_eq!(
+        status_number(&status, "dropped"),
+        Some(0),
+        "{:?}",
+        read_status(&status)
+    );
+}
