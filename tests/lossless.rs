@@ -185,7 +185,7 @@ fn wait_all(server: &Server, total: u64, timeout: Duration) -> Tally {
     }
 }
 
-/// A numeric key of the status file (0 while absent).
+/// A numeric key of the status file; `None` while the file or the key is absent.
 fn status_number(path: &Path, key: &str) -> Option<u64> {
     read_status(path)?.get(key)?.parse().ok()
 }
