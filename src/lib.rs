@@ -99,6 +99,8 @@ mod os;
 mod outbox;
 mod proxy;
 mod report;
+#[cfg(feature = "tls")]
+mod san;
 mod sd_notify;
 mod signals;
 mod status_file;

@@ -11,6 +11,8 @@
 //!   of the teardown ([`Input::TornDown`]): after a server restart a whole fleet
 //!   tears down at once, and a delay spent inside a slow teardown would bunch
 //!   them up again;
+//! - a network change (new address or default route) cuts a plain backoff wait
+//!   once, never a wait the server asked for (`Retry-After`, 401/403/407);
 //! - the backoff counter resets once a connection proves alive (first heartbeat
 //!   answered, or with the heartbeat off [`QUIET_PROOF`] up);
 //! - `--max-retries` counts failed attempts in a row; an upgraded attempt breaks the row;
@@ -226,8 +228,23 @@ enum Phase {
         /// `None` until the teardown before it has finished.
         until: Option<Instant>,
         delay: Duration,
+        /// Whether a network change may still cut this wait short.
+        cut: Cut,
     },
     Stopped,
+}
+
+/// Whether a network change may cut a backoff wait short (SPEC "Network changes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// A plain backoff wait, not cut yet.
+    Allowed,
+    /// Cut once already: one draw per wait, or a flapping address would draw again
+    /// and again until one lands near zero.
+    Done,
+    /// The server asked for this wait (`Retry-After`, or refused the credentials):
+    /// a change of our network changes nothing for the server. Names why.
+    Never(&'static str),
 }
 
 /// The reconnect loop's state. See the module documentation.
@@ -467,7 +484,7 @@ impl Machine {
                 }
             }
             Input::TornDown => {
-                if let Phase::Backoff { until, delay } = &mut self.phase {
+                if let Phase::Backoff { until, delay, .. } = &mut self.phase {
                     if until.is_none() {
                         *until = Some(now + *delay);
                     }
@@ -639,9 +656,15 @@ impl Machine {
     fn schedule_retry(&mut self, failure: Failure, from: Option<Instant>, now: Instant) {
         let delay = self.backoff.next_delay(failure, self.random.as_mut());
         log::info!("reconnecting in {}", fmt_duration(delay));
+        let cut = match failure {
+            Failure::Normal => Cut::Allowed,
+            Failure::RetryAfter(_) => Cut::Never("the server asked for it with Retry-After"),
+            Failure::Unauthorized => Cut::Never("the credentials were refused"),
+        };
         self.phase = Phase::Backoff {
             until: from.map(|from| from + delay),
             delay,
+            cut,
         };
         self.set_state(State::Backoff, now);
     }
@@ -699,22 +722,40 @@ impl Machine {
     /// While waiting to retry, a new address or default route cuts the wait to a
     /// random time in `[0, backoff-initial]`: the link is probably back, and the
     /// draw (the attempt counter unchanged) keeps a fleet that regains its link
-    /// together from returning in lock-step.
+    /// together from returning in lock-step. At most once per wait, and never a
+    /// wait the server asked for; the events that change nothing are logged at
+    /// debug, as a flapping interface sends many.
     fn network_changed(&mut self, now: Instant) {
         if self.stop_by.is_some() {
             return;
         }
-        if let Phase::Backoff {
-            until: Some(until), ..
+        let Phase::Backoff {
+            until: Some(until),
+            cut,
+            ..
         } = &mut self.phase
-        {
-            let sooner = now + self.random.below(self.backoff.initial());
-            if sooner < *until {
-                log::info!(
-                    "network changed: reconnecting in {}",
-                    fmt_duration(sooner - now)
-                );
-                *until = sooner;
+        else {
+            return;
+        };
+        match *cut {
+            Cut::Never(why) => {
+                log::debug!("network changed: the wait stays, {why}");
+            }
+            Cut::Done => {
+                log::debug!("network changed again: this wait was cut once already");
+            }
+            Cut::Allowed => {
+                *cut = Cut::Done;
+                let sooner = now + self.random.below(self.backoff.initial());
+                if sooner < *until {
+                    log::info!(
+                        "network changed: reconnecting in {}",
+                        fmt_duration(sooner - now)
+                    );
+                    *until = sooner;
+                } else {
+                    log::debug!("network changed: the wait ends sooner anyway");
+                }
             }
         }
     }
@@ -1077,6 +1118,132 @@ mod tests {
             },
         });
         assert_eq!(run.next().0, secs(132));
+    }
+
+    /// Draws these durations in turn (each capped at the `max` asked for), then `max`.
+    struct Draws(std::collections::VecDeque<Duration>);
+
+    impl Random for Draws {
+        fn below(&mut self, max: Duration) -> Duration {
+            self.0.pop_front().map_or(max, |draw| draw.min(max))
+        }
+    }
+
+    /// After refused attempts with waits of 1, 2 and 4 s, the client waits 8 s.
+    fn waiting_eight_seconds() -> Run {
+        let mut run = Run::new(settings());
+        let mut conn = Run::dialed(&run.start());
+        for expected in [1, 2, 4] {
+            run.refuse(conn);
+            let (waited, actions) = run.next();
+            assert_eq!(waited, secs(expected));
+            conn = Run::dialed(&actions);
+        }
+        run.refuse(conn);
+        run
+    }
+
+    #[test]
+    fn a_network_change_cuts_a_plain_wait_once() {
+        let mut run = waiting_eight_seconds();
+        let draws = [ms(600), ms(10), ms(10), ms(10)];
+        run.machine.set_random(Box::new(Draws(draws.into())));
+        run.advance(secs(1));
+        assert!(run.input(Input::NetworkChanged).is_empty());
+        // Cut to the draw from [0, backoff-initial].
+        assert_eq!(run.machine.next_deadline(), Some(run.now + ms(600)));
+        // A flapping interface: more events, each would draw shorter, none counts.
+        for _ in 0..3 {
+            run.advance(ms(100));
+            run.input(Input::NetworkChanged);
+        }
+        let (waited, actions) = run.next();
+        assert_eq!(
+            waited,
+            ms(300),
+            "one cut only: 600 ms after the first event"
+        );
+        let conn = Run::dialed(&actions);
+        run.machine.set_random(Box::new(Longest));
+        // The attempt counter is unchanged: the next wait is the fifth (16 s) ...
+        run.refuse(conn);
+        assert_eq!(run.machine.next_deadline(), Some(run.now + secs(16)));
+        // ... and it is a new wait, which a change may cut once again.
+        run.input(Input::NetworkChanged);
+        assert_eq!(run.machine.next_deadline(), Some(run.now + secs(1)));
+    }
+
+    #[test]
+    fn a_network_change_that_draws_longer_than_the_rest_is_the_one_cut() {
+        let mut run = waiting_eight_seconds();
+        run.advance(ms(7_500));
+        // 500 ms are left; the draw is 1 s: the wait stays, and later events draw no more.
+        run.input(Input::NetworkChanged);
+        run.machine
+            .set_random(Box::new(Draws([Duration::ZERO].into())));
+        run.input(Input::NetworkChanged);
+        assert_eq!(run.machine.next_deadline(), Some(run.now + ms(500)));
+    }
+
+    #[test]
+    fn a_wait_the_server_asked_for_is_never_cut() {
+        let proxy_refused = || ConnectError::Proxy {
+            proxy: "http://proxy:3128".into(),
+            status: Some(407),
+            detail: "HTTP/1.1 407 Proxy Authentication Required".into(),
+        };
+        let refusals: [(fn() -> ConnectError, Duration); 4] = [
+            (
+                || ConnectError::Rejected {
+                    status: 503,
+                    retry_after: Some(secs(120)),
+                },
+                secs(132),
+            ),
+            (
+                || ConnectError::Rejected {
+                    status: 401,
+                    retry_after: None,
+                },
+                secs(60),
+            ),
+            (
+                || ConnectError::Rejected {
+                    status: 403,
+                    retry_after: Some(secs(5)),
+                },
+                secs(60),
+            ),
+            (proxy_refused, secs(60)),
+        ];
+        for (error, wait) in refusals {
+            let mut run = Run::new(settings());
+            let conn = Run::dialed(&run.start());
+            run.input(Input::ConnectFailed {
+                conn,
+                error: error(),
+            });
+            let until = run.now + wait;
+            assert_eq!(run.machine.next_deadline(), Some(until), "{:?}", error());
+            for _ in 0..5 {
+                run.advance(secs(1));
+                assert!(run.input(Input::NetworkChanged).is_empty());
+            }
+            assert_eq!(run.machine.next_deadline(), Some(until), "{:?}", error());
+        }
+        // A 503 without Retry-After is a plain wait: cut.
+        let mut run = Run::new(settings());
+        let conn = Run::dialed(&run.start());
+        run.input(Input::ConnectFailed {
+            conn,
+            error: ConnectError::Rejected {
+                status: 503,
+                retry_after: None,
+            },
+        });
+        run.machine.set_random(Box::new(Draws([ms(200)].into())));
+        run.input(Input::NetworkChanged);
+        assert_eq!(run.machine.next_deadline(), Some(run.now + ms(200)));
     }
 
     #[test]

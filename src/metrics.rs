@@ -89,6 +89,8 @@ pub struct Snapshot {
     pub messages_received: u64,
     /// Stdin lines dropped from a full queue while disconnected.
     pub dropped: u64,
+    /// Lines sent again after a link died before its TCP acknowledged them.
+    pub resent: u64,
     /// When the current state began, seconds since the Unix epoch.
     pub state_since_seconds: f64,
 }
@@ -203,6 +205,13 @@ pub fn render(s: &Snapshot) -> String {
         "Stdin lines dropped from a full queue while disconnected.",
     );
     let _ = writeln!(out, "wsbeat_dropped_messages_total {}", s.dropped);
+    metric(
+        &mut out,
+        "wsbeat_resent_messages_total",
+        "counter",
+        "Lines sent again because a link died before the peer's TCP acknowledged them.",
+    );
+    let _ = writeln!(out, "wsbeat_resent_messages_total {}", s.resent);
     metric(
         &mut out,
         "wsbeat_state_since_timestamp_seconds",

@@ -244,6 +244,38 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// How many bytes of this TCP connection's outgoing stream the peer's TCP has
+/// acknowledged (`TCP_INFO`'s `tcpi_bytes_acked`, Linux 4.1 and later). `None`
+/// where the kernel does not report it (an older kernel, an emulator that does not
+/// pass the option through): the caller then cannot tell what arrived.
+pub fn tcp_bytes_acked(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: tcp_info is plain integers, valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes of the sizes given; the kernel
+    // writes at most `len` bytes and reports how many.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    let reported = mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + mem::size_of::<u64>();
+    (rc == 0 && len as usize >= reported).then_some(info.tcpi_bytes_acked)
+}
+
+/// Bytes written to this TCP socket that the peer has not acknowledged yet,
+/// sent or not (`SIOCOUTQ`).
+pub fn tcp_unacknowledged(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int to the pointer given.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) })?;
+    Ok(u64::try_from(queued).unwrap_or(0))
+}
+
 /// The outcome of a non-blocking connect that `poll` reported on (`SO_ERROR`).
 pub fn socket_error(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut error: libc::c_int = 0;

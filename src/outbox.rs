@@ -286,6 +286,23 @@ impl Outbox {
         state.queue.put_back(unsent);
     }
 
+    /// For the supervisor, after a connection died: lines sent on it that its peer
+    /// never acknowledged go back to the front, in order, ahead of lines never
+    /// sent. They count against the bounds like any other line (the oldest is
+    /// dropped first, and counted). Returns how many stay queued.
+    pub fn resend(&self, lines: Vec<String>) -> usize {
+        let mut state = self.lock();
+        let count = lines.len();
+        state.queue.put_back(lines);
+        let dropped = if state.writer.is_none() {
+            state.queue.enforce_bounds()
+        } else {
+            0
+        };
+        self.count_dropped(&mut state, dropped);
+        count.saturating_sub(dropped)
+    }
+
     /// Nothing queued and no write in progress.
     pub fn is_idle(&self) -> bool {
         let state = self.lock();

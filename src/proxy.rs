@@ -38,6 +38,13 @@ impl Proxy {
     pub fn parse(url: &str, flag: &str) -> Result<Proxy, UsageError> {
         const FORM: &str = "use http://[user:password@]host[:port]";
         let error = |message: String| UsageError::new(flag, message);
+        // Said first: a stray space (a quoting slip in a unit file or a shell profile)
+        // would otherwise surface as a baffling "invalid port" or "unsupported scheme".
+        if url.trim() != url {
+            return Err(error(format!(
+                "proxy URL has leading or trailing whitespace ({FORM})"
+            )));
+        }
         let Some((scheme, rest)) = url.split_once("://") else {
             return Err(error(format!("proxy URL without a scheme ({FORM})")));
         };
@@ -198,27 +205,31 @@ pub fn select(
         return Ok(None);
     };
     let no_proxy = set("no_proxy").or_else(|| set("NO_PROXY"));
-    if no_proxy.is_some_and(|list| bypasses(&list, &target.host)) {
+    if no_proxy.is_some_and(|list| bypasses(&list, &target.host, target.port)) {
         return Ok(None);
     }
     Proxy::parse(&url, name).map(Some)
 }
 
-/// Whether `no_proxy` (comma-separated) sends `host` direct: `*` matches every host, a
-/// name matches itself and its subdomains (a leading `.` is optional, case does not
-/// matter), an IP address matches the same address only.
-pub fn bypasses(no_proxy: &str, host: &str) -> bool {
+/// Whether `no_proxy` (comma-separated) sends `host` on `port` direct: `*` matches every
+/// host, a name matches itself and its subdomains (a leading `.` is optional, case does
+/// not matter), an IP address matches the same address only. An entry with a port
+/// (`host:8080`, `10.0.0.1:8080`, `[::1]:8080`) matches on that port only; an entry whose
+/// port is not a number matches nothing.
+pub fn bypasses(no_proxy: &str, host: &str, port: u16) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let host_ip = host.parse::<IpAddr>().ok();
     no_proxy.split(',').map(str::trim).any(|entry| {
         if entry == "*" {
             return true;
         }
-        let unbracketed = entry
-            .strip_prefix('[')
-            .and_then(|e| e.strip_suffix(']'))
-            .unwrap_or(entry);
-        if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        let Some((entry, entry_port)) = split_port(entry) else {
+            return false;
+        };
+        if entry_port.is_some_and(|entry_port| entry_port != port) {
+            return false;
+        }
+        if let Ok(ip) = entry.parse::<IpAddr>() {
             return host_ip == Some(ip);
         }
         let name = entry.strip_prefix('.').unwrap_or(entry);
@@ -231,6 +242,28 @@ pub fn bypasses(no_proxy: &str, host: &str) -> bool {
                 .strip_suffix(&name)
                 .is_some_and(|rest| rest.ends_with('.'))
     })
+}
+
+/// A `no_proxy` entry as host (brackets removed) and port, if it has one; `None` when the
+/// port is not a number. A bare IPv6 address (`::1`, `fd00::8080`) has no port: its last
+/// group is part of the address, so a port needs the brackets.
+fn split_port(entry: &str) -> Option<(&str, Option<u16>)> {
+    let port = |text: &str| {
+        text.parse::<u16>()
+            .ok()
+            .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some(bracketed) = entry.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(port(after.strip_prefix(':')?)?))),
+        };
+    }
+    match entry.split_once(':') {
+        Some((host, text)) if !text.contains(':') => Some((host, Some(port(text)?))),
+        _ => Some((entry, None)),
+    }
 }
 
 /// Percent-decodes `s` (`%XX` → byte); `None` for a malformed escape.
@@ -292,11 +325,9 @@ fn request(proxy: &Proxy, target: &Target) -> String {
 
 /// The status code and the status line (made printable, shortened) of a response head.
 fn parse_status(head: &[u8]) -> Result<(u16, String), String> {
-    let end = head
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(head.len());
-    let line: String = String::from_utf8_lossy(&head[..end])
+    let end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
+    let line: String = String::from_utf8_lossy(line)
         .chars()
         .take(MAX_SHOWN_STATUS)
         .map(|c| if c.is_control() { '?' } else { c })
@@ -353,12 +384,52 @@ pub fn tunnel(
     (&mut &*tcp)
         .write_all(request(proxy, target).as_bytes())
         .map_err(io_error)?;
+    // Interim 1xx responses (`100 Continue`, `103 Early Hints`) precede the final one
+    // (RFC 9110 §15.2) and are skipped; all heads together stay within the bound.
+    let mut budget = MAX_RESPONSE_HEAD;
+    loop {
+        let head = read_head(tcp, deadline, budget, &failed, &io_error)?;
+        budget -= head.len();
+        let (status, line) = parse_status(&head).map_err(failed)?;
+        // 101 switches protocols: no final response follows, so it is not skipped.
+        if (100..200).contains(&status) && status != 101 {
+            log::debug!("proxy {proxy}: {line} (interim, skipped)");
+            continue;
+        }
+        if (200..300).contains(&status) {
+            log::debug!("proxy {proxy}: {line}");
+            return Ok(());
+        }
+        return Err(ConnectError::Proxy {
+            proxy: proxy.to_string(),
+            status: Some(status),
+            detail: line,
+        });
+    }
+}
+
+/// Reads one response head (status line and headers, up to and including the empty line)
+/// from `tcp`, at most `budget` bytes, and nothing past its end: bytes are peeked first
+/// and only the head's are consumed. Lines may end in CRLF or, as lenient HTTP parsers
+/// accept (RFC 9112 §2.2), a bare LF.
+fn read_head(
+    tcp: &TcpStream,
+    deadline: Instant,
+    budget: usize,
+    failed: &dyn Fn(String) -> ConnectError,
+    io_error: &dyn Fn(io::Error) -> ConnectError,
+) -> Result<Vec<u8>, ConnectError> {
     let mut head: Vec<u8> = Vec::with_capacity(256);
     let mut chunk = [0u8; 1024];
     loop {
+        if head.len() >= budget {
+            return Err(failed(format!(
+                "response to CONNECT longer than {MAX_RESPONSE_HEAD} bytes"
+            )));
+        }
         tcp.set_read_timeout(Some(left(deadline)?))
             .map_err(ConnectError::Tcp)?;
-        let room = (MAX_RESPONSE_HEAD - head.len()).min(chunk.len());
+        let room = (budget - head.len()).min(chunk.len());
         let peeked = match tcp.peek(&mut chunk[..room]) {
             Ok(0) => {
                 return Err(failed(
@@ -369,37 +440,33 @@ pub fn tunnel(
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(io_error(err)),
         };
-        // The blank line may straddle what was read before and what is peeked now.
-        let from = head.len().saturating_sub(3);
         let known = head.len();
         head.extend_from_slice(&chunk[..peeked]);
-        let end = head[from..]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|at| from + at + 4);
+        // The empty line may straddle what was read before and what is peeked now.
+        let end = head_end(&head, known.saturating_sub(2));
         let take = end.map_or(peeked, |end| end - known);
         head.truncate(known + take);
         (&mut &*tcp)
             .read_exact(&mut chunk[..take])
             .map_err(io_error)?;
         if end.is_some() {
-            break;
-        }
-        if head.len() >= MAX_RESPONSE_HEAD {
-            return Err(failed(format!(
-                "response to CONNECT longer than {MAX_RESPONSE_HEAD} bytes"
-            )));
+            return Ok(head);
         }
     }
-    let (status, line) = parse_status(&head).map_err(failed)?;
-    if (200..300).contains(&status) {
-        log::debug!("proxy {proxy}: {line}");
-        return Ok(());
-    }
-    Err(ConnectError::Proxy {
-        proxy: proxy.to_string(),
-        status: Some(status),
-        detail: line,
+}
+
+/// The length of the head in `bytes` (through the empty line that ends it: `\n\n` or
+/// `\n\r\n`), searching from `from` on; `None` while it is incomplete.
+fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).find_map(|at| {
+        if bytes[at] != b'\n' {
+            return None;
+        }
+        match &bytes[at + 1..] {
+            [b'\n', ..] => Some(at + 2),
+            [b'\r', b'\n', ..] => Some(at + 3),
+            _ => None,
+        }
     })
 }
 
@@ -651,11 +718,86 @@ mod tests {
         ];
         for (list, host, expected) in cases {
             assert_eq!(
-                bypasses(list, host),
+                bypasses(list, host, 443),
                 expected,
                 "no_proxy={list:?} host={host}"
             );
         }
+    }
+
+    #[test]
+    fn no_proxy_entries_with_a_port_match_that_port_only() {
+        let cases = [
+            ("example.com:8080", "example.com", 8080, true),
+            ("example.com:8080", "example.com", 443, false),
+            ("example.com:8080", "api.example.com", 8080, true),
+            (".example.com:8080", "api.example.com", 8080, true),
+            ("EXAMPLE.com:8080", "example.com", 8080, true),
+            ("10.0.0.1:8080", "10.0.0.1", 8080, true),
+            ("10.0.0.1:8080", "10.0.0.1", 80, false),
+            ("[::1]:8080", "::1", 8080, true),
+            ("[::1]:8080", "::1", 8081, false),
+            ("[fd00::2]:8080", "fd00::2", 8080, true),
+            ("other:1, example.com:8080", "example.com", 8080, true),
+            // A bare IPv6 address has no port: its last group is part of the address.
+            ("fd00::8080", "fd00::8080", 443, true),
+            ("fd00::8080", "fd00::", 8080, false),
+            // A port that is not a number makes the entry match nothing.
+            ("example.com:http", "example.com", 80, false),
+            ("example.com:", "example.com", 443, false),
+            ("example.com:99999", "example.com", 443, false),
+            ("example.com:+80", "example.com", 80, false),
+            ("[::1]x", "::1", 443, false),
+            ("[::1", "::1", 443, false),
+        ];
+        for (list, host, port, expected) in cases {
+            assert_eq!(
+                bypasses(list, host, port),
+                expected,
+                "no_proxy={list:?} host={host} port={port}"
+            );
+        }
+        let direct = [
+            ("https_proxy", "http://p:1"),
+            ("no_proxy", "server.example:8443"),
+        ];
+        assert_eq!(
+            select(None, &target("wss://server.example:8443/"), &env(&direct)).unwrap(),
+            None
+        );
+        assert_eq!(
+            shown(&select(None, &target("wss://server.example/"), &env(&direct)).unwrap()),
+            Some("http://p:1".into())
+        );
+    }
+
+    #[test]
+    fn a_proxy_url_with_stray_whitespace_says_so() {
+        for url in [
+            " http://p:3128",
+            "http://p:3128 ",
+            "http://p:1\t",
+            "\nhttp://p",
+        ] {
+            let err = Proxy::parse(url, "http_proxy").unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "http_proxy: proxy URL has leading or trailing whitespace \
+                 (use http://[user:password@]host[:port])",
+                "{url:?}"
+            );
+        }
+        let err = select(
+            Some(("--proxy".into(), " http://p:3128".into())),
+            &target("ws://h/"),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--proxy: proxy URL has leading"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -761,6 +903,98 @@ mod tests {
                 "{request}"
             );
         }
+    }
+
+    #[test]
+    fn tunnel_skips_interim_responses() {
+        let proxy = Proxy::parse("http://127.0.0.1:1", "x").unwrap();
+        let response = b"HTTP/1.1 100 Continue\r\n\r\n\
+            HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+            HTTP/1.1 200 Connection established\r\n\r\n"
+            .to_vec();
+        for piece in [1, 5, 1000] {
+            let (tcp, _server) = fake_proxy(response.clone(), piece, b"TARGET");
+            tunnel(&tcp, &proxy, &target("ws://example.org/"), deadline())
+                .unwrap_or_else(|err| panic!("pieces of {piece}: {err}"));
+            let mut first = [0u8; 6];
+            (&mut &tcp).read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"TARGET", "pieces of {piece}");
+        }
+        // The final response after interim ones decides: a refusal is still one.
+        let (tcp, _server) = fake_proxy(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 403 Forbidden\r\n\r\n".to_vec(),
+            1000,
+            b"",
+        );
+        let err = tunnel(&tcp, &proxy, &target("ws://example.org/"), deadline()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "proxy http://127.0.0.1:1 refused CONNECT: HTTP/1.1 403 Forbidden"
+        );
+        // 101 ends the HTTP exchange: no final response follows, so it is no interim one.
+        let (tcp, _server) = fake_proxy(
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
+            1000,
+            b"",
+        );
+        let err = tunnel(&tcp, &proxy, &target("ws://example.org/"), deadline()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConnectError::Proxy {
+                    status: Some(101),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Endless interim responses are bounded like one long head.
+        let (tcp, _server) = fake_proxy(b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1000), 4096, b"");
+        let err = tunnel(&tcp, &proxy, &target("ws://example.org/"), deadline()).unwrap_err();
+        assert!(err.to_string().contains("longer than 8192 bytes"), "{err}");
+    }
+
+    #[test]
+    fn tunnel_accepts_bare_lf_line_endings_at_once() {
+        let proxy = Proxy::parse("http://127.0.0.1:1", "x").unwrap();
+        for response in [
+            &b"HTTP/1.1 200 OK\n\n"[..],
+            b"HTTP/1.1 200 Connection established\nVia: test\n\n",
+            b"HTTP/1.1 200 OK\r\nVia: test\n\r\n",
+            b"HTTP/1.0 100 Continue\n\nHTTP/1.0 200 OK\n\n",
+        ] {
+            for piece in [1, 1000] {
+                let (tcp, _server) = fake_proxy(response.to_vec(), piece, b"TARGET");
+                let started = Instant::now();
+                tunnel(&tcp, &proxy, &target("ws://example.org/"), deadline())
+                    .unwrap_or_else(|err| panic!("{:?}: {err}", String::from_utf8_lossy(response)));
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "waited for the deadline"
+                );
+                let mut first = [0u8; 6];
+                (&mut &tcp).read_exact(&mut first).unwrap();
+                assert_eq!(&first, b"TARGET", "{:?}", String::from_utf8_lossy(response));
+            }
+        }
+        let (tcp, _server) = fake_proxy(b"HTTP/1.1 502 Bad Gateway\n\n".to_vec(), 1000, b"");
+        let err = tunnel(&tcp, &proxy, &target("ws://example.org/"), deadline()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "proxy http://127.0.0.1:1 refused CONNECT: HTTP/1.1 502 Bad Gateway"
+        );
+    }
+
+    #[test]
+    fn head_ends() {
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\n\r\nrest", 0), Some(19));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\n\nrest", 0), Some(17));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\n\r\nrest", 0), Some(18));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\n\r", 0), None);
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nX: y\r\n", 0), None);
+        assert_eq!(head_end(b"\r\r\r", 0), None);
+        assert_eq!(head_end(b"", 0), None);
+        assert_eq!(head_end(b"\n", 5), None);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Facts {
     pub ping_interval: Duration,
     /// Heartbeats sent.
     pub heartbeats: u64,
+    /// Lines sent again after a link died before its TCP acknowledged them.
+    pub resent: u64,
     /// Bytes written.
     pub bytes_sent: u64,
     /// Bytes read.
@@ -68,6 +70,7 @@ impl Report {
                 rtt_ms: None,
                 reconnects: 0,
                 dropped: 0,
+                resent: 0,
                 last_error: None,
                 ping_interval_ms: ping_interval.as_millis() as u64,
                 heartbeats: 0,
@@ -116,6 +119,7 @@ impl Report {
         let changed = (facts.connected && facts.rtt != self.reported_rtt)
             || facts.dropped != status.dropped
             || facts.heartbeats != status.heartbeats
+            || facts.resent != status.resent
             || facts.bytes_received != status.bytes_received
             || facts.ping_interval.as_millis() as u64 != status.ping_interval_ms;
         if changed {
@@ -141,6 +145,7 @@ impl Report {
         }
         status.ping_interval_ms = facts.ping_interval.as_millis() as u64;
         status.heartbeats = facts.heartbeats;
+        status.resent = facts.resent;
         status.bytes_sent = facts.bytes_sent;
         status.bytes_received = facts.bytes_received;
         self.notify(&[Notify::Status(self.describe())]);
@@ -172,6 +177,7 @@ impl Report {
             messages_sent: facts.messages_sent,
             messages_received: facts.messages_received,
             dropped: status.dropped,
+            resent: status.resent,
             state_since_seconds: status.since_unix_ms as f64 / 1000.0,
             ..self.failures.clone()
         }

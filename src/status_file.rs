@@ -53,7 +53,7 @@ impl State {
 pub struct Status {
     /// Current state.
     pub state: State,
-    /// The server URL as configured.
+    /// The server URL as configured, its query values masked ([`crate::Target::shown`]).
     pub url: String,
     /// When `state` began, milliseconds since the Unix epoch.
     pub since_unix_ms: u64,
@@ -69,13 +69,15 @@ pub struct Status {
     pub ping_interval_ms: u64,
     /// Heartbeats sent since start.
     pub heartbeats: u64,
+    /// Lines sent again after a link died before its TCP acknowledged them.
+    pub resent: u64,
     /// Bytes written to the socket since start (frames; TLS records on `wss://`).
     pub bytes_sent: u64,
     /// Bytes read from the socket since start.
     pub bytes_received: u64,
 }
 
-/// The file's text for `status`: eleven `key=value` lines, each ending in `\n`.
+/// The file's text for `status`: twelve `key=value` lines, each ending in `\n`.
 pub fn render(status: &Status) -> String {
     let rtt = status
         .rtt_ms
@@ -99,6 +101,7 @@ pub fn render(status: &Status) -> String {
     line("last_error", &last_error);
     line("ping_interval_ms", &status.ping_interval_ms.to_string());
     line("heartbeats", &status.heartbeats.to_string());
+    line("resent", &status.resent.to_string());
     line("bytes_sent", &status.bytes_sent.to_string());
     line("bytes_received", &status.bytes_received.to_string());
     out
@@ -265,6 +268,7 @@ mod tests {
             last_error: Some("connect: Connection refused (os error 111)".into()),
             ping_interval_ms: 20000,
             heartbeats: 118,
+            resent: 0,
             bytes_sent: 14230,
             bytes_received: 13988,
         }
@@ -283,6 +287,7 @@ mod tests {
              last_error='connect: Connection refused (os error 111)'\n\
              ping_interval_ms=20000\n\
              heartbeats=118\n\
+             resent=0\n\
              bytes_sent=14230\n\
              bytes_received=13988\n"
         );
@@ -357,7 +362,7 @@ mod tests {
         };
         file.write(&status).expect("write");
         let text = fs::read_to_string(file.path()).expect("read");
-        assert_eq!(text.lines().count(), 11, "{text}");
+        assert_eq!(text.lines().count(), 12, "{text}");
         let Some(values) = source(file.path()) else {
             return;
         };

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -27,6 +28,7 @@ use crate::connection::heartbeat::Cadence;
 use crate::connection::liveness::{self, Liveness, SharedLiveness, Verdict};
 use crate::connection::reader::Reader;
 use crate::connection::socket::SharedSocket;
+use crate::connection::unacked::SentWindow;
 use crate::connection::writer::{Command, PingPlan, WRITE_BATCH_BYTES, Writer};
 use crate::delivery::{self, Delivery};
 use crate::error::{ConfigError, ConnectError, Stage};
@@ -35,6 +37,7 @@ use crate::headers::read_header_file;
 use crate::linkwatch::{self, LinkEvent, LinkWatch};
 use crate::machine::{Action, CLOSE_DRAIN, Input, Machine, Settings};
 use crate::metrics;
+use crate::os;
 use crate::outbox::Outbox;
 use crate::report::{Facts, Report};
 use crate::sd_notify::{Notifier, Notify};
@@ -99,7 +102,8 @@ struct Active {
     tcp: TcpStream,
     commands: Sender<Command>,
     reader: JoinHandle<()>,
-    heartbeat: JoinHandle<()>,
+    /// Returns the lines sent and not known acknowledged.
+    heartbeat: JoinHandle<Option<SentWindow>>,
     /// Disconnects when the heartbeat thread has ended: a bounded wait for it.
     heartbeat_done: Receiver<()>,
     liveness: SharedLiveness,
@@ -155,7 +159,7 @@ impl Supervisor {
         };
         let (events, inbox) = mpsc::channel();
         let report = Report::new(
-            config.target.url.clone(),
+            config.target.shown(),
             config.status_file.clone().map(StatusFile::new),
             config.metrics_file.clone().map(StatusFile::new),
             None,
@@ -168,7 +172,7 @@ impl Supervisor {
             settings(&config, None, report.is_read()),
             Backoff::new(config.backoff_initial, config.backoff_max),
             Box::new(SplitMix64::from_os()),
-            config.target.url.clone(),
+            config.target.shown(),
         );
         Ok(Supervisor {
             machine,
@@ -527,7 +531,10 @@ impl Supervisor {
             });
         match spawned {
             Ok(thread) => {
-                log::debug!("connecting to {} (attempt {conn})", self.config.target.url);
+                log::debug!(
+                    "connecting to {} (attempt {conn})",
+                    self.config.target.shown()
+                );
                 self.attempts.insert(conn, Attempt { thread, abort });
                 Input::Dialing { conn, deadline }
             }
@@ -555,9 +562,9 @@ impl Supervisor {
         match &connection.subprotocol {
             Some(protocol) => log::info!(
                 "connected to {} (subprotocol {protocol})",
-                self.config.target.url
+                self.config.target.shown()
             ),
-            None => log::info!("connected to {}", self.config.target.url),
+            None => log::info!("connected to {}", self.config.target.shown()),
         }
         let Connection { ws, tcp, .. } = connection;
         let socket = Arc::new(SharedSocket::new(ws));
@@ -597,6 +604,8 @@ impl Supervisor {
             conn,
             socket,
             plan: plan.clone(),
+            tcp: tcp.try_clone().map_err(ConnectError::Tcp)?,
+            unacked_bytes: self.config.queue_bytes,
             liveness: Arc::clone(&liveness),
             outbox: Arc::clone(&self.outbox),
             commands: command_inbox,
@@ -616,8 +625,9 @@ impl Supervisor {
             .name("wsbeat-heartbeat".into())
             .stack_size(THREAD_STACK)
             .spawn(move || {
-                writer.run();
+                let unacknowledged = writer.run();
                 drop(done);
+                unacknowledged
             });
         let heartbeat = match heartbeat {
             Ok(heartbeat) => heartbeat,
@@ -683,8 +693,27 @@ impl Supervisor {
             let _ = heartbeat_done.recv_timeout(CLOSE_DRAIN);
         }
         let _ = tcp.shutdown(Shutdown::Both);
-        let _ = heartbeat.join();
+        let window = heartbeat.join().ok().flatten();
         let _ = reader.join();
+        if let Some(window) = window {
+            self.resend_unacknowledged(&tcp, window);
+        }
+    }
+
+    /// Lines the dead connection's peer never acknowledged go back to the front of
+    /// the queue, for the next connection. The kernel's count is read now, before
+    /// the socket is closed; a shutdown does not change it.
+    fn resend_unacknowledged(&mut self, tcp: &TcpStream, window: SentWindow) {
+        let lines = window.unacknowledged(os::tcp_bytes_acked(tcp.as_fd()));
+        if lines.is_empty() {
+            return;
+        }
+        let count = lines.len();
+        let kept = self.outbox.resend(lines);
+        Traffic::add(&self.traffic.resent, kept as u64);
+        log::info!(
+            "{count} line(s) sent but not acknowledged by the peer's TCP; {kept} queued to send again"
+        );
     }
 
     fn finish(mut self, ending: Ending) -> Ending {
@@ -752,6 +781,7 @@ impl Supervisor {
             dropped: self.outbox.dropped(),
             ping_interval: self.ping_interval(),
             heartbeats: Traffic::get(&self.traffic.heartbeats),
+            resent: Traffic::get(&self.traffic.resent),
             bytes_sent: Traffic::get(&self.traffic.bytes_sent),
             bytes_received: Traffic::get(&self.traffic.bytes_received),
             messages_sent: Traffic::get(&self.traffic.messages_sent),

@@ -4,15 +4,67 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::path::Path;
 
-use native_tls::{Certificate, Identity, TlsConnector};
+use native_tls::{Certificate, HandshakeError, Identity, TlsConnector, TlsStream};
 
 use crate::config::Config;
-
-/// What builds TLS sessions for `wss://`.
-pub type Connector = TlsConnector;
 use crate::error::ConfigError;
+use crate::san::{self, HostNames};
+
+/// What builds TLS sessions for `wss://`: native-tls's connector, plus the host-name rule
+/// OpenSSL does not apply (RFC 9525: no fallback to the certificate's CN).
+#[derive(Clone, Debug)]
+pub struct Connector {
+    tls: TlsConnector,
+    /// Whether [`Connector::check_host_names`] applies; off with `--insecure`.
+    verify_host_names: bool,
+}
+
+impl Connector {
+    /// Starts the handshake with `host` over `stream` (native-tls's `connect`).
+    pub fn connect<S: Read + Write>(
+        &self,
+        host: &str,
+        stream: S,
+    ) -> Result<TlsStream<S>, HandshakeError<S>> {
+        self.tls.connect(host, stream)
+    }
+
+    /// After the handshake: refuses a certificate that OpenSSL matched to the host name
+    /// `host` through its CN, that is one with no DNS name in its subjectAltName
+    /// (RFC 9525 §6.3). IP addresses need no check: OpenSSL matches them against the
+    /// subjectAltName only.
+    pub fn check_host_names<S: Read + Write>(
+        &self,
+        stream: &TlsStream<S>,
+        host: &str,
+    ) -> Result<(), String> {
+        if !self.verify_host_names || host.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        const WHY: &str = "the CN is not used for host names (RFC 9525)";
+        let der = match stream.peer_certificate() {
+            Ok(Some(certificate)) => certificate.to_der().map_err(|err| err.to_string())?,
+            Ok(None) => return Err("the server sent no certificate".into()),
+            Err(err) => return Err(err.to_string()),
+        };
+        match san::host_names(&der) {
+            Ok(HostNames::DnsNames(_)) => Ok(()),
+            Ok(HostNames::NoSubjectAltName) => Err(format!(
+                "the server's certificate has no subjectAltName; {WHY}"
+            )),
+            Ok(HostNames::NoDnsName) => Err(format!(
+                "the server's certificate has no DNS name in its subjectAltName; {WHY}"
+            )),
+            Err(san::Malformed) => {
+                Err("the server's certificate could not be read (malformed DER)".into())
+            }
+        }
+    }
+}
 
 /// Largest PEM file accepted; real bundles are a few hundred KiB at most.
 const MAX_PEM_BYTES: u64 = 4 << 20;
@@ -55,7 +107,7 @@ impl TlsFiles {
     }
 
     /// A connector trusting the system roots plus `--ca-file`.
-    pub fn connector(&self) -> Result<TlsConnector, String> {
+    pub fn connector(&self) -> Result<Connector, String> {
         let mut builder = TlsConnector::builder();
         for root in &self.roots {
             builder.add_root_certificate(root.clone());
@@ -68,7 +120,11 @@ impl TlsFiles {
                 .danger_accept_invalid_certs(true)
                 .danger_accept_invalid_hostnames(true);
         }
-        builder.build().map_err(|err| err.to_string())
+        let tls = builder.build().map_err(|err| err.to_string())?;
+        Ok(Connector {
+            tls,
+            verify_host_names: !self.insecure,
+        })
     }
 
     /// `--insecure` was given.

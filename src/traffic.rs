@@ -18,6 +18,9 @@ pub struct Traffic {
     pub messages_sent: AtomicU64,
     /// Text messages received.
     pub messages_received: AtomicU64,
+    /// Lines queued again because a connection died before the peer's TCP
+    /// acknowledged them.
+    pub resent: AtomicU64,
 }
 
 impl Traffic {

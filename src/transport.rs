@@ -42,15 +42,20 @@ pub struct Socket {
     write_stalled: bool,
     /// Bytes on the wire, for the status and metrics files.
     traffic: Arc<Traffic>,
+    /// Bytes of the connection's outgoing stream so far, counted as the kernel counts
+    /// its acknowledgements (what went before this socket existed, a proxy's
+    /// CONNECT, included); `None` where the kernel does not report them.
+    written: Option<u64>,
 }
 
 impl Socket {
-    fn new(tcp: TcpStream, traffic: Arc<Traffic>) -> Socket {
+    fn new(tcp: TcpStream, traffic: Arc<Traffic>, written: Option<u64>) -> Socket {
         Socket {
             tcp,
             draining: false,
             write_stalled: false,
             traffic,
+            written,
         }
     }
 
@@ -81,7 +86,10 @@ impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.tcp.write(buf);
         match &written {
-            Ok(n) => Traffic::add(&self.traffic.bytes_sent, *n as u64),
+            Ok(n) => {
+                Traffic::add(&self.traffic.bytes_sent, *n as u64);
+                self.written = self.written.map(|before| before + *n as u64);
+            }
             Err(err)
                 if matches!(
                     err.kind(),
@@ -117,6 +125,17 @@ impl Stream {
             Stream::Plain(socket) => socket.draining = on,
             #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.get_mut().draining = on,
+        }
+    }
+
+    /// The outgoing stream's length so far, in the kernel's count (see
+    /// [`crate::connection::unacked`]); `None` where the kernel does not report
+    /// acknowledgements.
+    pub fn written(&self) -> Option<u64> {
+        match self {
+            Stream::Plain(socket) => socket.written,
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.get_ref().written,
         }
     }
 
@@ -262,19 +281,20 @@ pub fn connect(
     }
     let control = tcp.try_clone().map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
+    let written = stream_length(&tcp);
     let stream = match dial.tls {
         #[cfg(feature = "tls")]
         Some(connector) => Stream::Tls(Box::new(handshake_tls(
             abort,
             connector,
             &dial.target.host,
-            Socket::new(tcp, Arc::clone(dial.traffic)),
+            Socket::new(tcp, Arc::clone(dial.traffic), written),
             &control,
             deadline,
         )?)),
         #[cfg(not(feature = "tls"))]
         Some(connector) => match *connector {},
-        None => Stream::Plain(Socket::new(tcp, Arc::clone(dial.traffic))),
+        None => Stream::Plain(Socket::new(tcp, Arc::clone(dial.traffic), written)),
     };
     abort.enter(Stage::Upgrade);
     let (ws, subprotocol) = upgrade(dial, stream, &control, deadline)?;
@@ -287,6 +307,26 @@ pub fn connect(
         tcp: control,
         subprotocol,
     })
+}
+
+/// How many bytes have been written to `tcp` so far, as the kernel counts them:
+/// acknowledged plus not yet acknowledged (read in that order reversed, so a late
+/// acknowledgement can only make the sum too large, which resends, never too small,
+/// which would lose). `None`, said once at info, where the kernel does not report
+/// acknowledgements: lines written to a link that then dies are lost there.
+fn stream_length(tcp: &TcpStream) -> Option<u64> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let unacknowledged = os::tcp_unacknowledged(tcp.as_fd()).ok();
+    let length = unacknowledged.zip(os::tcp_bytes_acked(tcp.as_fd()));
+    if length.is_none() {
+        SAID.call_once(|| {
+            log::info!(
+                "the kernel does not report TCP acknowledgements (TCP_INFO): lines written \
+                 to a connection that then dies silently are not sent again"
+            );
+        });
+    }
+    length.map(|(unacknowledged, acked)| unacknowledged + acked)
 }
 
 /// The addresses of the target, or of the proxy when there is one (the proxy resolves
@@ -380,7 +420,12 @@ fn handshake_tls(
     let mut attempt = connector.connect(host, socket);
     loop {
         match attempt {
-            Ok(stream) => return Ok(stream),
+            Ok(stream) => {
+                connector
+                    .check_host_names(&stream, host)
+                    .map_err(ConnectError::Tls)?;
+                return Ok(stream);
+            }
             Err(TlsHandshakeError::WouldBlock(mid)) => {
                 // A socket timeout fired mid-handshake; resume with whatever time is left.
                 set_timeouts(control, deadline, Stage::Tls)?;
@@ -575,6 +620,35 @@ fn parse_http_date(value: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The socket's count of the outgoing stream matches the kernel's count of what
+    /// the peer acknowledged, bytes written before the socket existed (a proxy's
+    /// CONNECT) included: the offsets the sent-lines window compares.
+    #[test]
+    fn the_stream_length_is_counted_as_the_kernel_acknowledges_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(b"CONNECT").unwrap();
+        let mut buf = [0u8; 64];
+        server.read_exact(&mut buf[..7]).unwrap();
+        let Some(before) = stream_length(&client) else {
+            panic!("this kernel reports no TCP_INFO acknowledgements");
+        };
+        // Linux counts the SYN as one acknowledged byte; both sides of every
+        // comparison count from the same origin, so only consistency matters.
+        assert!((7..=8).contains(&before), "{before}");
+        let traffic = Arc::new(Traffic::default());
+        let mut socket = Socket::new(client.try_clone().unwrap(), traffic, Some(before));
+        socket.write_all(b"hello, world").unwrap();
+        server.read_exact(&mut buf[..12]).unwrap();
+        assert_eq!(socket.written, Some(before + 12));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while os::tcp_bytes_acked(client.as_fd()) != socket.written {
+            assert!(Instant::now() < deadline, "the acknowledgement never came");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 
     #[test]
     fn extension_names_are_named_without_parameters() {

@@ -167,6 +167,40 @@ fn bad_env_values_name_the_variable() {
     }
 }
 
+/// A proxy URL with a stray space (a quoting slip) says so, naming the flag or variable,
+/// instead of a misleading "invalid port" or "unsupported scheme".
+#[test]
+fn proxy_url_with_stray_whitespace_says_so() {
+    let cases = [
+        (
+            Wsbeat::new().args(["--proxy", " http://127.0.0.1:3128"]),
+            "--proxy",
+        ),
+        (
+            Wsbeat::new().env("WSBEAT_PROXY", "http://127.0.0.1:1 "),
+            "WSBEAT_PROXY",
+        ),
+        (
+            Wsbeat::new().env("http_proxy", "http://127.0.0.1:3128 "),
+            "http_proxy",
+        ),
+        (
+            Wsbeat::new().env("ALL_PROXY", "\thttp://127.0.0.1:3128"),
+            "ALL_PROXY",
+        ),
+    ];
+    for (w, name) in cases {
+        let out = usage_error(w.arg(refused_url()), name);
+        assert!(
+            out.stderr.contains(&format!(
+                "{name}: proxy URL has leading or trailing whitespace"
+            )),
+            "{}",
+            out.dump()
+        );
+    }
+}
+
 #[test]
 fn malformed_header_is_a_usage_error() {
     usage_error(

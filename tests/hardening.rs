@@ -66,6 +66,83 @@ fn no_log_level_prints_header_values() {
     }
 }
 
+/// A token in the URL's query string (`?token=…`, as devices that cannot set headers
+/// authenticate) reaches the server but appears nowhere else: not in the log at trace level
+/// (connects, a refused attempt, the stop), the status file or the metrics file, where the
+/// query is shown with its values masked.
+#[test]
+fn query_string_secrets_are_masked_everywhere_but_the_request() {
+    const SECRET: &str = "s3cr3t-q9f2";
+    let server = Server::start_with(|n| {
+        if n == 0 {
+            Behavior::reject(503, &[])
+        } else {
+            Behavior::default()
+        }
+    });
+    let dir = TempDir::new();
+    let status = dir.join("status");
+    let metrics = dir.join("metrics");
+    let mut c = Wsbeat::new()
+        .env("RUST_LOG", "trace")
+        .fast()
+        .arg("--status-file")
+        .arg(&status)
+        .arg("--metrics-file")
+        .arg(&metrics)
+        .arg(server.url_path(&format!("/ws?token={SECRET}&x=1&debug")))
+        .spawn();
+    let up = server.expect_upgrades(WAIT(), 1);
+    match &up.kind {
+        Kind::Upgraded { path, .. } => {
+            assert_eq!(
+                path,
+                &format!("/ws?token={SECRET}&x=1&debug"),
+                "the request"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    server.expect(WAIT(), "a heartbeat", |e| e.is_ping());
+    let connected = poll_until(WAIT(), || {
+        let text = fs::read_to_string(&status).ok()?;
+        text.contains("state=connected").then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no connected status\n{}", c.output().dump()));
+    let masked = format!("{}ws?token=…&x=…&debug", server.url());
+    assert!(
+        connected.contains(&format!("url='{masked}'")),
+        "{connected}"
+    );
+    let metrics_text = poll_until(WAIT(), || fs::read_to_string(&metrics).ok())
+        .unwrap_or_else(|| panic!("no metrics file\n{}", c.output().dump()));
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_exit(WAIT()), Some(0), "{}", c.output().dump());
+    let out = c.output();
+    // The refused attempt and the connect were logged, with the URL, masked.
+    assert!(out.stderr.contains("503"), "{}", out.dump());
+    assert!(
+        out.stderr.contains(&format!("connected to {masked}")),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("TRACE") || out.stderr.contains("DEBUG"),
+        "{}",
+        out.dump()
+    );
+    let stopped = fs::read_to_string(&status).expect("status file");
+    for (what, text) in [
+        ("stderr", &out.stderr),
+        ("stdout", &out.stdout),
+        ("the status file", &connected),
+        ("the final status file", &stopped),
+        ("the metrics file", &metrics_text),
+    ] {
+        assert!(!text.contains(SECRET), "the secret is in {what}:\n{text}");
+    }
+}
+
 /// `ws://user:password@host/` is refused (exit 64, naming the URL) and the message does not
 /// repeat the userinfo, whatever else is wrong with the URL.
 #[test]

@@ -2,14 +2,17 @@
 //! kernel's own networking in namespaces ([`Pair`]): the live connection's local address
 //! removed or its interface down → the connection is dead at once, far sooner than the
 //! heartbeat could tell (60 s + 10 s here); while waiting to retry after many failures, a new
-//! address or default route cuts the wait to `[0, backoff-initial]`; `--no-link-watch` does
-//! neither; and an idle client with the watch on (heartbeat off) is not woken.
+//! address or default route cuts the wait to `[0, backoff-initial]`, at most once per wait,
+//! but a lifetime refresh of an existing address (what DHCP renewals and router
+//! advertisements send) does not, nor does anything cut a `Retry-After` or 401 wait;
+//! `--no-link-watch` does neither; and an idle client with the watch on (heartbeat off) is
+//! not woken.
 //!
 //! The watcher itself (parsing the kernel's messages, no polling) is tested in `network.rs`.
 
 use std::time::{Duration, Instant};
 
-use crate::util::netns::{self, DEV4, Pair, SRV4};
+use crate::util::netns::{self, DEV4, DEV6, Pair, SRV4};
 use crate::util::server::{Behavior, Server};
 use crate::util::{Running, WAIT, Wsbeat, ms, poll_until, scaled, send_signal, watchdog};
 
@@ -311,6 +314,255 @@ fn no_link_watch_ignores_address_changes() {
     assert!(!out.stderr.contains("connection lost"), "{}", out.dump());
     assert!(!out.stderr.contains("network changed"), "{}", out.dump());
     assert_eq!(server.upgrades(), 1, "{}", server.dump());
+}
+
+/// Whether a line at info (or above) says "network changed" (the client logs at debug here,
+/// and the events that cut nothing are logged at debug).
+fn network_changed_at_info(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .any(|l| l.contains("network changed") && !l.starts_with("[DEBUG"))
+}
+
+/// A bridge without ports in the device namespace: an interface the connection never uses.
+const UNRELATED: &str = "br-unrelated";
+/// An address that comes and goes on [`UNRELATED`].
+const UNRELATED4: &str = "10.232.0.1/24";
+
+/// A server in the server namespace that refuses every upgrade with `status` and `headers`,
+/// counting the attempts; and its URL.
+fn refusing_server(pair: &Pair, status: u16, headers: &[(&str, &str)]) -> (Server, String) {
+    let server = Server::start_on(
+        pair.srv.bind(format!("{SRV4}:0").parse().unwrap()),
+        Behavior::reject(status, headers),
+    );
+    let url = format!("ws://{SRV4}:{}/", server.port());
+    (server, url)
+}
+
+/// Adds [`UNRELATED`], up.
+fn add_unrelated_interface(pair: &Pair) {
+    pair.dev.ip(&["link", "add", UNRELATED, "type", "bridge"]);
+    pair.dev.ip(&["link", "set", UNRELATED, "up"]);
+}
+
+/// What happens on the device side, 5 times a second for `period`.
+#[derive(Debug, Clone, Copy)]
+struct Churn {
+    /// [`UNRELATED4`] added and removed again: each time a new address.
+    flap: bool,
+    /// The lifetimes of the existing addresses ([`DEV4`], [`DEV6`]) refreshed, as a DHCP
+    /// renewal or a router advertisement does.
+    refresh: bool,
+}
+
+/// Runs `churn` for `period`; how many rounds it made.
+fn churn(pair: &Pair, churn: Churn, period: Duration) -> u32 {
+    let end = Instant::now() + period;
+    let mut rounds = 0;
+    while Instant::now() < end {
+        let round = Instant::now();
+        if churn.refresh {
+            for addr in [format!("{DEV4}/24"), format!("{DEV6}/64")] {
+                pair.dev.ip(&[
+                    "addr",
+                    "change",
+                    &addr,
+                    "dev",
+                    "veth0",
+                    "valid_lft",
+                    "1000",
+                    "preferred_lft",
+                    "1000",
+                ]);
+            }
+        }
+        if churn.flap {
+            pair.dev.ip(&["addr", "add", UNRELATED4, "dev", UNRELATED]);
+            std::thread::sleep(ms(100));
+            pair.dev.ip(&["addr", "del", UNRELATED4, "dev", UNRELATED]);
+        }
+        rounds += 1;
+        std::thread::sleep(ms(200).saturating_sub(round.elapsed()));
+    }
+    rounds
+}
+
+/// While the client waits as the server asked (its first refusal, `status` with `headers`),
+/// the device's network churns for 3 s: the wait stays, no attempt comes, and nothing says
+/// "network changed" at info.
+fn server_asked_wait_is_not_cut(status: u16, headers: &[(&str, &str)], what: Churn) {
+    let pair = Pair::new();
+    add_unrelated_interface(&pair);
+    let (server, url) = refusing_server(&pair, status, headers);
+    // A cut would draw from [0, 500 ms].
+    let mut w = client(
+        &pair,
+        &["--backoff-initial", "500ms", "--backoff-max", "20s"],
+        &url,
+    );
+    wait_stderr(&mut w, "reconnecting in", WAIT());
+    let delay = retry_delays(&w.output().stderr)[0];
+    let rounds = churn(&pair, what, scaled(secs(3)));
+    std::thread::sleep(ms(700));
+    let out = w.output();
+    eprintln!(
+        "{status} {headers:?}, waiting {delay:?}; {rounds} rounds of {what:?}: {} attempts",
+        server.accepted()
+    );
+    assert!(delay >= secs(10), "{}", out.dump());
+    assert_eq!(server.accepted(), 1, "the wait was cut\n{}", out.dump());
+    assert!(!network_changed_at_info(&out.stderr), "{}", out.dump());
+}
+
+#[test]
+fn retry_after_is_not_cut_by_network_changes() {
+    if !netns::netns_available("retry_after_is_not_cut_by_network_changes") {
+        return;
+    }
+    server_asked_wait_is_not_cut(
+        503,
+        &[("Retry-After", "120")],
+        Churn {
+            flap: true,
+            refresh: true,
+        },
+    );
+}
+
+#[test]
+fn the_401_wait_is_not_cut_by_network_changes() {
+    if !netns::netns_available("the_401_wait_is_not_cut_by_network_changes") {
+        return;
+    }
+    server_asked_wait_is_not_cut(
+        401,
+        &[],
+        Churn {
+            flap: true,
+            refresh: true,
+        },
+    );
+}
+
+#[test]
+fn lifetime_refreshes_do_not_cut_a_backoff_wait() {
+    if !netns::netns_available("lifetime_refreshes_do_not_cut_a_backoff_wait") {
+        return;
+    }
+    watchdog::extend(scaled(secs(120)));
+    let pair = Pair::new();
+    // The link-local address becomes usable (new, rightly news) before the client starts.
+    let dad_done = poll_until(scaled(secs(10)), || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", pair.dev.name(), "-6", "addr", "show", "dev", "veth0"])
+            .arg("tentative")
+            .output()
+            .expect("ip");
+        out.stdout.is_empty().then_some(())
+    });
+    assert!(
+        dad_done.is_some(),
+        "veth0's link-local address stays tentative"
+    );
+    // 503 without Retry-After: a plain backoff wait, which a new address would cut.
+    let (server, url) = refusing_server(&pair, 503, &[]);
+    let mut w = client(
+        &pair,
+        &["--backoff-initial", "250ms", "--backoff-max", "60s"],
+        &url,
+    );
+    let (delay, seen) = wait_for_a_long_wait(&mut w, secs(4), scaled(secs(90)));
+    let before = server.accepted();
+    let logged_before = w.output().stderr.len();
+    let window = delay
+        .saturating_sub(seen.elapsed())
+        .saturating_sub(secs(1))
+        .min(secs(3));
+    let rounds = churn(
+        &pair,
+        Churn {
+            flap: false,
+            refresh: true,
+        },
+        window,
+    );
+    let out = w.output();
+    eprintln!(
+        "waiting {delay:?}; {rounds} lifetime refreshes in {window:?}: {} attempts",
+        server.accepted() - before
+    );
+    assert_eq!(
+        server.accepted(),
+        before,
+        "the wait was cut\n{}",
+        out.dump()
+    );
+    let during = out.stderr.get(logged_before..).unwrap_or_default();
+    assert!(!network_changed_at_info(during), "{}", out.dump());
+}
+
+#[test]
+fn a_flapping_address_cuts_each_wait_at_most_once() {
+    if !netns::netns_available("a_flapping_address_cuts_each_wait_at_most_once") {
+        return;
+    }
+    let pair = Pair::new();
+    add_unrelated_interface(&pair);
+    let (server, url) = refusing_server(&pair, 503, &[]);
+    let mut w = Wsbeat::new()
+        .in_netns(pair.dev.name())
+        // The machine's own lines only, without the watcher's and the dialer's.
+        .env("RUST_LOG", "info,wsbeat::machine=debug")
+        .args(["--ping-interval", "60s", "--backoff-initial", "1s"])
+        .args(["--backoff-max", "60s", &url])
+        .stdin_null()
+        .spawn();
+    wait_stderr(&mut w, "reconnecting in", WAIT());
+    let flapping = Instant::now();
+    let rounds = churn(
+        &pair,
+        Churn {
+            flap: true,
+            refresh: false,
+        },
+        scaled(secs(5)),
+    );
+    let elapsed = flapping.elapsed();
+    let out = w.output();
+    // Each wait: its line, then at most one cut at info; the repeats at debug.
+    let (mut waits, mut cuts, mut repeats, mut most_cuts_in_a_wait) = (0, 0, 0, 0);
+    let mut cuts_in_this_wait = 0;
+    for line in out.stderr.lines() {
+        if line.contains("network changed") {
+            if line.starts_with("[INFO") {
+                cuts += 1;
+                cuts_in_this_wait += 1;
+                most_cuts_in_a_wait = most_cuts_in_a_wait.max(cuts_in_this_wait);
+            } else if line.starts_with("[DEBUG") {
+                repeats += 1;
+            }
+        } else if line.contains("reconnecting in") {
+            waits += 1;
+            cuts_in_this_wait = 0;
+        }
+    }
+    eprintln!(
+        "{rounds} flaps in {elapsed:?}: {} attempts, {waits} waits, {cuts} cut at info, \
+         {repeats} events at debug",
+        server.accepted()
+    );
+    assert!(cuts >= 1, "no wait was cut\n{}", out.dump());
+    assert!(
+        most_cuts_in_a_wait <= 1,
+        "a wait was cut more than once\n{}",
+        out.dump()
+    );
+    assert!(
+        repeats >= 1,
+        "the repeated events are not at debug\n{}",
+        out.dump()
+    );
 }
 
 /// Voluntary plus involuntary context switches of every thread of process `pid`.

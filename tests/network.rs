@@ -7,7 +7,7 @@
 //! Without them they skip with the reason printed, unless `WSBEAT_TEST_REQUIRE_REAL_NET` is
 //! set (CI sets it, so there they fail instead of skipping).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::thread;
@@ -399,6 +399,103 @@ fn proxy_credentials_and_407() {
     assert!(status.contains("refused CONNECT"), "{status}");
     for text in [&out.stderr, &out.stdout, &status] {
         assert!(!text.contains("pa55"), "{}\n{status}", out.dump());
+    }
+}
+
+/// `no_proxy` entries with a port send that host direct on that port only. Needs no
+/// tinyproxy: the proxy is dead, so only a direct connection can upgrade.
+#[test]
+fn no_proxy_entries_with_a_port_match_that_port_only() {
+    let server = Server::start(Behavior::default());
+    let port = server.port();
+    for (list, host) in [
+        (format!("127.0.0.1:{port}"), "127.0.0.1"),
+        (format!("example.org, localhost:{port}"), "localhost"),
+    ] {
+        let _w = Wsbeat::new()
+            .fast()
+            .env("http_proxy", dead_proxy())
+            .env("no_proxy", &list)
+            .arg(format!("ws://{host}:{port}/"))
+            .spawn();
+        if server.wait_for(WAIT(), Event::is_upgraded).is_none() {
+            panic!("no_proxy={list:?}: no direct connection\n{}", server.dump());
+        }
+        server.drop_all();
+    }
+    let other = if port == 65535 { port - 1 } else { port + 1 };
+    let out = Wsbeat::new()
+        .args(["--max-retries", "1"])
+        .env("http_proxy", dead_proxy())
+        .env("no_proxy", format!("127.0.0.1:{other}"))
+        .arg(server.url())
+        .run(WAIT());
+    assert_eq!(out.code, Some(1), "{}", out.dump());
+    assert!(
+        out.stderr.contains("proxy http://127.0.0.1:"),
+        "{}",
+        out.dump()
+    );
+}
+
+/// A CONNECT proxy that sends `answer` and then relays to `target`: one connection.
+fn scripted_proxy(answer: &'static [u8], target: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        let Ok((mut client, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match client.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let Ok(mut server) = std::net::TcpStream::connect(target) else {
+            return;
+        };
+        if client.write_all(answer).is_err() {
+            return;
+        }
+        let (mut client_in, mut server_out) = (
+            client.try_clone().expect("clone"),
+            server.try_clone().expect("clone"),
+        );
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut client_in, &mut server_out);
+            let _ = server_out.shutdown(std::net::Shutdown::Write);
+        });
+        let _ = std::io::copy(&mut server, &mut client);
+        let _ = client.shutdown(std::net::Shutdown::Write);
+    });
+    addr
+}
+
+/// Interim `1xx` answers before the proxy's `200` are skipped (RFC 9110 §15.2), and an answer
+/// with bare-LF line endings opens the tunnel at once, not at `--connect-timeout`.
+#[test]
+fn a_proxy_answering_1xx_first_or_with_bare_lf_tunnels() {
+    for answer in [
+        &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"[..],
+        b"HTTP/1.1 200 Connection established\nVia: lenient\n\n",
+    ] {
+        let server = Server::start(Behavior::default());
+        let proxy = scripted_proxy(answer, server.addr());
+        let started = Instant::now();
+        let mut w = Wsbeat::new()
+            .fast()
+            .args(["--connect-timeout", "5s", "--max-retries", "1"])
+            .args(["--proxy", &format!("http://{proxy}"), &server.url()])
+            .spawn();
+        let upgraded = server.wait_for(WAIT(), Event::is_upgraded);
+        let took = started.elapsed();
+        let shown = String::from_utf8_lossy(answer);
+        assert!(upgraded.is_some(), "{shown:?}\n{}", w.output().dump());
+        assert!(took < scaled(Duration::from_secs(3)), "{shown:?}: took {took:?}");
+        server.expect(WAIT(), "a ping through the proxy", Event::is_ping);
     }
 }
 

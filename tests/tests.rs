@@ -20,5 +20,6 @@ mod manpage;
 mod nat;
 mod network;
 mod reconnect;
+mod stalls;
 mod systemd;
 mod tls;

@@ -35,6 +35,52 @@ fn wss_without_trusted_ca_fails_and_retries() {
     assert!(c.is_running());
 }
 
+/// A certificate that names the host in its CN only (no subjectAltName) is refused, as RFC 9525
+/// and browsers do, with the reason logged; OpenSSL alone would accept it. `--insecure` checks
+/// no name and connects.
+#[test]
+fn a_certificate_without_subject_alt_name_is_refused() {
+    let pki = Pki::with_cn_only_server();
+    let server = Server::start_tls(Behavior::echo(), &pki, false);
+    let url = format!("wss://localhost:{}/", server.port());
+    let mut c = Wsbeat::new()
+        .arg(&url)
+        .fast()
+        .arg("--ca-file")
+        .arg(&pki.ca_file)
+        .spawn();
+    server.expect_count(WAIT(), 3, "3 attempts", |e| e.is_accepted());
+    let reason = "the server's certificate has no subjectAltName; \
+                  the CN is not used for host names (RFC 9525)";
+    let logged = poll_until(WAIT(), || c.output().stderr.contains(reason).then_some(()));
+    assert!(logged.is_some(), "{}", c.output().dump());
+    assert_eq!(
+        server.upgrades(),
+        0,
+        "CN-only certificate accepted\n{}",
+        c.output().dump()
+    );
+    assert!(c.is_running());
+    drop(c);
+
+    let mut c = Wsbeat::new().arg(&url).fast().arg("--insecure").spawn();
+    server.expect_upgrades(WAIT(), 1);
+    c.write_line("x");
+    assert_eq!(c.next_line(WAIT()).as_deref(), Some("x"));
+    drop(c);
+
+    // The same host name in a subjectAltName passes.
+    let pki = Pki::new();
+    let server = Server::start_tls(Behavior::echo(), &pki, false);
+    let _c = Wsbeat::new()
+        .arg(format!("wss://localhost:{}/", server.port()))
+        .fast()
+        .arg("--ca-file")
+        .arg(&pki.ca_file)
+        .spawn();
+    server.expect_upgrades(WAIT(), 1);
+}
+
 #[test]
 fn insecure_skips_verification() {
     let pki = Pki::new();

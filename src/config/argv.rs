@@ -121,8 +121,8 @@ where
                         "url",
                         format!(
                             "unexpected second argument {} after {} (only one URL may be given)",
-                            quote(&url),
-                            quote(first)
+                            quote(&super::target::shown_url(&url)),
+                            quote(&super::target::shown_url(first))
                         ),
                     ));
                 }

@@ -9,7 +9,8 @@ use crate::error::UsageError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// The URL as the user gave it (scheme lowercased, `/` added before a bare
-    /// `?query`); used for the handshake request and in logs.
+    /// `?query`); used for the handshake request only: everything else shows
+    /// [`Target::shown`], which masks the query's values.
     pub url: String,
     /// `wss://`.
     pub tls: bool,
@@ -32,6 +33,40 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The URL as logs, the status file and systemd's `STATUS=` show it: each value of its
+    /// query masked (`?token=…&debug`), since devices that cannot set headers authenticate
+    /// with one. Only the handshake request carries [`Target::url`] itself.
+    pub fn shown(&self) -> String {
+        mask_query(&self.url).into_owned()
+    }
+}
+
+/// `url` with the value of each `name=value` pair of its query replaced by `…` (an empty
+/// value stays empty, a name without `=` stays as it is), found by text alone so that
+/// URLs that fail to parse are covered too.
+fn mask_query(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find('?').map(|i| i + 1) else {
+        return url.into();
+    };
+    let end = url[start..].find('#').map_or(url.len(), |i| start + i);
+    let query = &url[start..end];
+    if !query
+        .split('&')
+        .any(|pair| pair.split_once('=').is_some_and(|(_, v)| !v.is_empty()))
+    {
+        return url.into();
+    }
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !value.is_empty() => format!("{name}=…"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}{}{}", &url[..start], masked.join("&"), &url[end..]).into()
+}
+
 /// Why a TLS option is refused by a build without the `tls` feature.
 #[cfg(not(feature = "tls"))]
 pub(super) const WITHOUT_TLS: &str =
@@ -50,6 +85,12 @@ fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `url` as a message may show it, parsed or not: without its userinfo and with its query
+/// values masked, since either may be a password or a token.
+pub(super) fn shown_url(url: &str) -> String {
+    mask_query(&without_userinfo(url)).into_owned()
+}
+
 /// Parses `url` into a [`Target`]; `flag` names where it came from in errors
 /// (`url` for the argument, `WSBEAT_URL` for the environment).
 ///
@@ -59,8 +100,7 @@ fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
 /// first would leak into logs and never be sent, the second is forbidden by RFC 6455.
 pub fn parse_target(url: &str, flag: &str) -> Result<Target, UsageError> {
     let error = |message: String| UsageError::new(flag, message);
-    // Every message shows the URL without its userinfo: it is a password or a token.
-    let shown = quote(&without_userinfo(url));
+    let shown = quote(&shown_url(url));
     if url.contains('#') {
         return Err(error(format!(
             "{shown} has a #fragment, which a websocket URL cannot have"
@@ -176,6 +216,46 @@ mod tests {
             ("wss://Example.com:444/P", true, 444)
         );
         assert_eq!(target("ws://h?token=1").url, "ws://h/?token=1");
+    }
+
+    #[test]
+    fn query_values_are_masked_where_the_url_is_shown() {
+        let shown = |url: &str| parse_target(url, "url").unwrap().shown();
+        assert_eq!(shown("wss://h/ws?token=s3cr3t"), "wss://h/ws?token=…");
+        assert_eq!(
+            shown("wss://h:8443/ws?token=s3cr3t&x=1&debug&empty=&a=b=c"),
+            "wss://h:8443/ws?token=…&x=…&debug&empty=&a=…"
+        );
+        assert_eq!(shown("ws://h?token=1"), "ws://h/?token=…");
+        assert_eq!(shown("ws://h/p?"), "ws://h/p?");
+        assert_eq!(shown("ws://h/p"), "ws://h/p");
+        assert_eq!(shown("ws://[::1]:9/p=q?k=v"), "ws://[::1]:9/p=q?k=…");
+        // The request itself still carries the real values.
+        let t = parse_target("wss://h/ws?token=s3cr3t", "url").unwrap();
+        assert_eq!(t.url, "wss://h/ws?token=s3cr3t");
+        // Usage errors mask them too, whatever else is wrong with the URL.
+        for url in [
+            "ws://h:99999/?token=s3cr3t",
+            "ws://h h/?token=s3cr3t",
+            "http://h/?token=s3cr3t",
+            "ws://h/?token=s3cr3t#top",
+            "ws://u:pw@h/?token=s3cr3t",
+        ] {
+            let message = parse_target(url, "url").unwrap_err().to_string();
+            assert!(!message.contains("s3cr3t"), "{message}");
+            assert!(message.contains("token=…"), "{message}");
+        }
+        // So does the complaint about a second URL argument, about both.
+        let args = ["ws://u:pw@h/?token=s3cr3t", "ws://h/?token=s3cr3t"].map(Into::into);
+        let message = match crate::config::parse(args, &|_| None) {
+            Err(err) => err.to_string(),
+            Ok(_) => panic!("two URLs accepted"),
+        };
+        assert_eq!(
+            message,
+            "url: unexpected second argument 'ws://h/?token=…' after 'ws://***@h/?token=…' \
+             (only one URL may be given)"
+        );
     }
 
     #[test]

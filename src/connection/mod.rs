@@ -6,4 +6,5 @@ pub mod heartbeat;
 pub mod liveness;
 pub mod reader;
 pub mod socket;
+pub mod unacked;
 pub mod writer;

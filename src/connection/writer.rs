@@ -16,16 +16,21 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
+use std::net::TcpStream;
+use std::os::fd::AsFd;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Bytes, Message, WebSocket};
+
+use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
 use super::heartbeat::Cadence;
 use super::liveness::{SharedLiveness, encode_ping, lock};
 use super::socket::SharedSocket;
+use super::unacked::{self, SentWindow};
 use crate::adaptive::{self, SharedAdaptive};
 use crate::config::HeartbeatMode;
 use crate::events::{ConnId, Event};
+use crate::os;
 use crate::outbox::Outbox;
 use crate::traffic::Traffic;
 use crate::transport::Stream;
@@ -101,15 +106,33 @@ pub struct Writer {
     pub events: Sender<Event>,
     /// Heartbeats and lines sent are counted here.
     pub traffic: Arc<Traffic>,
+    /// A handle on the TCP socket, to ask the kernel what the peer acknowledged.
+    pub tcp: TcpStream,
+    /// `--queue-bytes`: the most bytes of sent lines kept until acknowledged.
+    pub unacked_bytes: usize,
 }
+
+/// While the sent-but-unacknowledged window is full, the kernel is asked again
+/// after this, doubling up to [`WINDOW_RECHECK_MAX`]: acknowledgements wake nobody,
+/// and a link that stays clogged is declared dead by the judge meanwhile.
+const WINDOW_RECHECK_MIN: Duration = Duration::from_millis(10);
+/// See [`WINDOW_RECHECK_MIN`].
+const WINDOW_RECHECK_MAX: Duration = Duration::from_millis(500);
 
 impl Writer {
     /// Body of the heartbeat thread: heartbeats when they are due, lines when the
     /// outbox has some, the Close when asked; a failed write ends the connection.
     /// Woken by the outbox, it writes lines in batches until the outbox runs dry,
-    /// and puts back what a failed write did not take.
-    pub fn run(self) {
+    /// and puts back what a failed write did not take. Returns the lines sent and
+    /// not yet known acknowledged (`None` where the kernel cannot tell), for the
+    /// supervisor to queue again once the connection is gone.
+    pub fn run(self) -> Option<SentWindow> {
         let base = lock(&self.liveness).base();
+        let mut window = self
+            .socket
+            .write(|ws| ws.get_ref().written())
+            .map(|_| SentWindow::new(self.unacked_bytes));
+        let mut recheck = WINDOW_RECHECK_MIN;
         let mut seq: u64 = 0;
         let mut lines_waiting = false;
         let mut closing = false;
@@ -141,23 +164,34 @@ impl Writer {
                 }
                 continue;
             }
-            let command = if lines_waiting && !closing {
+            let sending = lines_waiting && !closing;
+            let window_open = sending && self.window_has_room(&mut window);
+            let command = if window_open {
+                recheck = WINDOW_RECHECK_MIN;
                 let batch = self.outbox.take(WRITE_BATCH_BYTES);
                 if batch.is_empty() {
                     lines_waiting = false;
                     continue;
                 }
-                if let Err(err) = self.write_lines(batch) {
+                if let Err(err) = self.write_lines(batch, &mut window) {
                     break describe_write_error(err);
                 }
                 // A long burst does not hold back a Close or the end of the connection.
                 match self.commands.try_recv() {
                     Ok(command) => command,
                     Err(TryRecvError::Empty) => continue,
-                    Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Disconnected) => return window,
                 }
             } else {
-                let received = match next_ping {
+                // Lines wait but the window is full: look at the acknowledgements again
+                // later; the outbox fills meanwhile and pauses its producers.
+                let window_recheck = sending.then(|| {
+                    let at = now + recheck;
+                    recheck = (recheck * 2).min(WINDOW_RECHECK_MAX);
+                    at
+                });
+                let wake = [next_ping, window_recheck].into_iter().flatten().min();
+                let received = match wake {
                     Some(due) => self
                         .commands
                         .recv_timeout(due.saturating_duration_since(now)),
@@ -169,7 +203,7 @@ impl Writer {
                 match received {
                     Ok(command) => command,
                     Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => return window,
                 }
             };
             match command {
@@ -194,6 +228,7 @@ impl Writer {
             reason: failed,
             idle: None,
         });
+        window
     }
 
     /// Runs `write` on the socket, with the time it started in the shared
@@ -214,30 +249,68 @@ impl Writer {
     }
 
     /// Writes `batch` with one flush. On failure, the lines tungstenite did not
-    /// take go back to the front of the outbox; a line it took may have reached
-    /// the server and is not sent twice.
-    fn write_lines(&self, batch: Vec<String>) -> Result<(), tungstenite::Error> {
+    /// take go back to the front of the outbox. The lines it took are kept in
+    /// `window` until the peer's TCP acknowledges them (with the batch's end in the
+    /// stream, or, for a failed batch, no known end), so a dead link loses none.
+    fn write_lines(
+        &self,
+        batch: Vec<String>,
+        window: &mut Option<SentWindow>,
+    ) -> Result<(), tungstenite::Error> {
         let count = batch.len();
         let mut lines = VecDeque::from(batch);
-        let written = self.write(true, |ws| {
-            while let Some(line) = lines.pop_front() {
-                if !ws.can_write() {
-                    // Closing: this line was never framed; it waits for the next connection.
-                    lines.push_front(line);
-                    return Err(tungstenite::Error::Protocol(
-                        tungstenite::error::ProtocolError::SendAfterClosing,
-                    ));
+        let mut taken = Vec::with_capacity(if window.is_some() { count } else { 0 });
+        let (written, end) = self.write(true, |ws| {
+            let written = (|| {
+                while let Some(line) = lines.pop_front() {
+                    if !ws.can_write() {
+                        // Closing: this line was never framed; it waits for the next connection.
+                        lines.push_front(line);
+                        return Err(tungstenite::Error::Protocol(
+                            tungstenite::error::ProtocolError::SendAfterClosing,
+                        ));
+                    }
+                    let text = Utf8Bytes::from(line);
+                    if window.is_some() {
+                        // Shares the buffer: no copy of the line.
+                        taken.push(text.clone());
+                    }
+                    ws.write(Message::Text(text))?;
                 }
-                ws.write(Message::text(line))?;
-            }
-            ws.flush()
+                ws.flush()
+            })();
+            let end = ws.get_ref().written();
+            (written, end)
         });
         let unsent = lines.len();
         if written.is_ok() {
             Traffic::add(&self.traffic.messages_sent, (count - unsent) as u64);
         }
+        if let Some(window) = window {
+            let end = match (&written, end) {
+                (Ok(()), Some(end)) => end,
+                _ => unacked::UNKNOWN,
+            };
+            for line in taken {
+                window.sent(line, end);
+            }
+        }
         self.outbox.taken_done(lines.into());
         written
+    }
+
+    /// Whether the window has room for more lines; when full, the kernel is asked
+    /// what the peer has acknowledged since (only then, not per line).
+    fn window_has_room(&self, window: &mut Option<SentWindow>) -> bool {
+        let Some(window) = window else {
+            return true;
+        };
+        if window.is_full() {
+            if let Some(acked) = os::tcp_bytes_acked(self.tcp.as_fd()) {
+                window.acknowledged(acked);
+            }
+        }
+        !window.is_full()
     }
 }
 

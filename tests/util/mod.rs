@@ -1,6 +1,6 @@
 //! Test helpers shared by every integration test: temp dirs, a runner for the real `wsbeat`
 //! binary, time bounds, plus the in-process WebSocket [`server`], the fault-injecting TCP
-//! [`proxy`] and the test PKI in [`tls`].
+//! [`proxy`], the test PKI in [`tls`] and a real `openssl s_server` in [`s_server`].
 //!
 //! Everything here waits with a bound: a helper that would block returns `None`/`false` or
 //! panics with a description after its timeout, never hangs.
@@ -23,6 +23,7 @@
 
 pub mod netns;
 pub mod proxy;
+pub mod s_server;
 pub mod server;
 pub mod tinyproxy;
 pub mod tls;

@@ -10,6 +10,17 @@
 //! - [`Mode::StopReadingClient`]: stop reading from the client (its writes fill the socket
 //!   buffers and then block); server → client still flows.
 //! - [`Mode::Refuse`]: new connections are accepted, counted and closed at once.
+//! - [`Mode::Freeze`]: a link that stops moving. Neither direction is read or forwarded
+//!   (bytes already read are held back), both sockets stay open: the kernel buffers fill
+//!   and every read on either side waits.
+//! - [`Mode::DropUpstream`]: a one-way failure. Both legs stay up, server → client flows,
+//!   everything the client sends is read and discarded.
+//! - [`Mode::Drip`]: a slow downstream. Server → client bytes go out at most `chunk` at a
+//!   time, one piece per `every`; client → server flows.
+//!
+//! [`Proxy::set_mode_after_next_from_server`] arms a switch that happens with the next
+//! server → client read: that read is still forwarded, then the new mode holds (e.g. let a
+//! TLS renegotiation request through, then freeze before the client's answer can pass).
 //!
 //! [`Proxy::cut`] closes every current connection on both sides (FIN).
 //! [`Proxy::accepted`] counts accepted connections; [`Proxy::wait_accepted`] waits for the
@@ -34,6 +45,24 @@ pub enum Mode {
     StopReadingClient,
     /// Accept new connections and close them at once.
     Refuse,
+    /// Read nothing and forward nothing either way; keep both sockets open.
+    Freeze,
+    /// Forward server → client; read and discard what the client sends.
+    DropUpstream,
+    /// Forward server → client at most `chunk` bytes per `every`; client → server as is.
+    Drip {
+        /// Most bytes per piece.
+        chunk: usize,
+        /// Pause before each piece.
+        every: Duration,
+    },
+}
+
+impl Mode {
+    /// Whether the pump of this direction must not read now.
+    fn holds(self, from_client: bool) -> bool {
+        self == Mode::Freeze || (from_client && self == Mode::StopReadingClient)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -42,6 +71,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct State {
     mode: Mode,
+    /// Armed by [`Proxy::set_mode_after_next_from_server`].
+    after_server_read: Option<Mode>,
     accepted: usize,
     accept_times: Vec<Instant>,
     /// Connection id → (client, server) socket clones of live connections, for [`Proxy::cut`].
@@ -71,6 +102,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 mode: Mode::Pass,
+                after_server_read: None,
                 accepted: 0,
                 accept_times: Vec::new(),
                 live: HashMap::new(),
@@ -131,6 +163,33 @@ impl Proxy {
     pub fn set_mode(&self, mode: Mode) {
         lock(&self.shared.state).mode = mode;
         self.shared.cv.notify_all();
+    }
+
+    /// Switches to `mode` with the next server → client read (on any connection); that
+    /// read is still forwarded, and the switch happens before it is, so nothing the client
+    /// sends in answer to it passes under the old mode.
+    pub fn set_mode_after_next_from_server(&self, mode: Mode) {
+        lock(&self.shared.state).after_server_read = Some(mode);
+    }
+
+    /// Waits until the switch armed by [`Proxy::set_mode_after_next_from_server`] has
+    /// happened; false after `timeout`.
+    pub fn wait_switched(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.shared.state);
+        while g.after_server_read.is_some() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .shared
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Connections accepted so far (refused ones included).
@@ -233,26 +292,9 @@ fn pump(sh: &Shared, id: u64, mut from: TcpStream, mut to: TcpStream, from_clien
         if sh.stopping.load(Ordering::SeqCst) {
             break;
         }
-        // Do not read from the client while told so.
-        {
-            let mut g = lock(&sh.state);
-            while from_client && g.mode == Mode::StopReadingClient {
-                if sh.stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                g = sh
-                    .cv
-                    .wait_timeout(g, Duration::from_millis(100))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                // A cut connection is no longer in `live`: stop waiting for it.
-                if !g.live.contains_key(&id) {
-                    drop(g);
-                    let _ = from.shutdown(Shutdown::Both);
-                    let _ = to.shutdown(Shutdown::Both);
-                    return;
-                }
-            }
+        // Do not read while the mode says so.
+        if wait_while(sh, id, |mode| mode.holds(from_client)).is_none() {
+            break;
         }
         let n = match from.read(&mut buf) {
             Ok(0) => break,
@@ -269,17 +311,71 @@ fn pump(sh: &Shared, id: u64, mut from: TcpStream, mut to: TcpStream, from_clien
             }
             Err(_) => break,
         };
-        let mode = lock(&sh.state).mode;
-        if mode == Mode::Blackhole {
-            continue;
-        }
-        if to.write_all(&buf[..n]).is_err() {
+        let (mode, armed) = {
+            let mut g = lock(&sh.state);
+            let armed = match g.after_server_read.filter(|_| !from_client) {
+                Some(next) => {
+                    g.after_server_read = None;
+                    g.mode = next;
+                    sh.cv.notify_all();
+                    true
+                }
+                None => false,
+            };
+            (g.mode, armed)
+        };
+        let mode = if armed {
+            Mode::Pass
+        } else if mode == Mode::Freeze {
+            // Read just before the freeze: held back until the link moves again.
+            match wait_while(sh, id, |mode| mode == Mode::Freeze) {
+                Some(mode) => mode,
+                None => break,
+            }
+        } else {
+            mode
+        };
+        let sent = match mode {
+            Mode::Blackhole => Ok(()),
+            Mode::DropUpstream if from_client => Ok(()),
+            Mode::Drip { chunk, every } if !from_client => {
+                drip(&mut to, &buf[..n], chunk.max(1), every)
+            }
+            _ => to.write_all(&buf[..n]),
+        };
+        if sent.is_err() {
             break;
         }
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
     lock(&sh.state).live.remove(&id);
+}
+
+/// Waits while `hold(mode)`; the mode that ended the wait, or `None` when the proxy stops
+/// or connection `id` was cut meanwhile.
+fn wait_while(sh: &Shared, id: u64, hold: impl Fn(Mode) -> bool) -> Option<Mode> {
+    let mut g = lock(&sh.state);
+    while hold(g.mode) {
+        if sh.stopping.load(Ordering::SeqCst) || !g.live.contains_key(&id) {
+            return None;
+        }
+        g = sh
+            .cv
+            .wait_timeout(g, Duration::from_millis(100))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    Some(g.mode)
+}
+
+/// Writes `data` in pieces of `chunk` bytes, sleeping `every` before each.
+fn drip(to: &mut TcpStream, data: &[u8], chunk: usize, every: Duration) -> std::io::Result<()> {
+    for piece in data.chunks(chunk) {
+        thread::sleep(every);
+        to.write_all(piece)?;
+    }
+    Ok(())
 }
 
 impl Drop for Proxy {

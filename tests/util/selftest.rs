@@ -332,6 +332,77 @@ fn proxy_stop_reading_client_blocks_writes() {
 }
 
 #[test]
+fn proxy_freeze_holds_both_ways_until_pass() {
+    let server = Server::start(Behavior::echo());
+    let proxy = Proxy::start(server.addr());
+    let mut ws = connect(&proxy.url());
+    proxy.set_mode(Mode::Freeze);
+    ws.send(Message::text("held")).unwrap();
+    assert_eq!(read_msg(&mut ws, ms(300)), None, "frozen");
+    assert!(server.texts(0).is_empty(), "nothing reached the server");
+    proxy.set_mode(Mode::Pass);
+    assert_eq!(read_msg(&mut ws, WAIT()), Some(Message::text("held")));
+}
+
+#[test]
+fn proxy_drop_upstream_discards_only_what_the_client_sends() {
+    let server = Server::start(Behavior::echo().send_every(ms(50), "tick"));
+    let proxy = Proxy::start(server.addr());
+    let mut ws = connect(&proxy.url());
+    proxy.set_mode(Mode::DropUpstream);
+    ws.send(Message::text("lost")).unwrap();
+    let deadline = Instant::now() + ms(300);
+    while Instant::now() < deadline {
+        let m = read_msg(&mut ws, WAIT());
+        assert_eq!(
+            m,
+            Some(Message::text("tick")),
+            "server → client still flows"
+        );
+    }
+    assert!(server.texts(0).is_empty(), "{:?}", server.texts(0));
+}
+
+#[test]
+fn proxy_drip_paces_what_the_server_sends() {
+    let server = Server::start(Behavior::echo());
+    let proxy = Proxy::start(server.addr());
+    let mut ws = connect(&proxy.url());
+    proxy.set_mode(Mode::Drip {
+        chunk: 100,
+        every: ms(20),
+    });
+    let text = "y".repeat(1000);
+    let sent = Instant::now();
+    ws.send(Message::text(text.clone())).unwrap();
+    assert_eq!(read_msg(&mut ws, WAIT()), Some(Message::text(text)));
+    // 1004 bytes on the way back: 11 pieces, 20 ms before each.
+    assert!(sent.elapsed() >= ms(220), "{:?}", sent.elapsed());
+}
+
+#[test]
+fn proxy_switches_mode_right_after_the_next_server_read() {
+    let server = Server::start(Behavior::echo());
+    let proxy = Proxy::start(server.addr());
+    let mut ws = connect(&proxy.url());
+    proxy.set_mode_after_next_from_server(Mode::Freeze);
+    assert!(
+        !proxy.wait_switched(ms(100)),
+        "nothing came from the server yet"
+    );
+    ws.send(Message::text("first")).unwrap();
+    assert_eq!(read_msg(&mut ws, WAIT()), Some(Message::text("first")));
+    assert!(proxy.wait_switched(WAIT()));
+    ws.send(Message::text("second")).unwrap();
+    assert_eq!(
+        read_msg(&mut ws, ms(300)),
+        None,
+        "frozen after the first echo"
+    );
+    assert_eq!(server.texts(0), ["first"]);
+}
+
+#[test]
 fn temp_dir_is_removed_on_drop() {
     let d = TempDir::new();
     let p = d.write("f.txt", "x");

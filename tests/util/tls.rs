@@ -89,7 +89,7 @@ fn cert(
             )
             .expect("ext");
         }
-        Kind::Server | Kind::Client => {
+        Kind::Server | Kind::ServerCnOnly | Kind::Client => {
             b.append_extension(BasicConstraints::new().build().expect("bc"))
                 .expect("ext");
             b.append_extension(
@@ -102,7 +102,7 @@ fn cert(
             )
             .expect("ext");
             let mut eku = ExtendedKeyUsage::new();
-            if kind == Kind::Server {
+            if kind != Kind::Client {
                 eku.server_auth();
             } else {
                 eku.client_auth();
@@ -129,6 +129,8 @@ fn cert(
 enum Kind {
     Ca,
     Server,
+    /// A server certificate naming `localhost` in its CN only, without subjectAltName.
+    ServerCnOnly,
     Client,
 }
 
@@ -143,12 +145,22 @@ fn key_pem(k: &PKey<Private>) -> Vec<u8> {
 impl Pki {
     /// Generates a new CA, server and client certificate and writes them to a new temp dir.
     pub fn new() -> Pki {
-        Pki::with_server_ips(&[])
+        Pki::generate(Kind::Server, &[])
     }
 
     /// [`Pki::new`] with the server certificate also valid for `ips` (e.g. an address
     /// inside a test network namespace).
     pub fn with_server_ips(ips: &[&str]) -> Pki {
+        Pki::generate(Kind::Server, ips)
+    }
+
+    /// [`Pki::new`] with a server certificate that names `localhost` in its CN only (no
+    /// subjectAltName), which OpenSSL would still match to the host name `localhost`.
+    pub fn with_cn_only_server() -> Pki {
+        Pki::generate(Kind::ServerCnOnly, &[])
+    }
+
+    fn generate(server: Kind, ips: &[&str]) -> Pki {
         let ca_key = key();
         let ca = cert("wsbeat-test-ca", &ca_key, None, Kind::Ca, &[]);
         let server_key = key();
@@ -156,7 +168,7 @@ impl Pki {
             "localhost",
             &server_key,
             Some((&ca, &ca_key)),
-            Kind::Server,
+            server,
             ips,
         );
         let client_key = key();
