@@ -27,6 +27,18 @@ per read) measured the same way: how fast this harness (server, stdin writer, st
 counter) can go on this machine, so that no client's figure is the harness's limit.
 The server's own CPU is recorded too (JSON).
 
+wsbeat's local socket (--socket) is measured the same way, beside its stdin/stdout:
+"wsbeat-socket" is wsbeat with one program on its socket (down: the program reads the
+lines from the socket; up: it writes them to the socket, then shuts its writing side),
+and "wsbeat-fanout8" has eight programs on the socket, each reading every message (down
+only; rate = messages / time until the slowest of the eight has them all; delivered:
+the fewest any of the eight got). Their stdin and stdout are /dev/null. The server
+floods without pause, and the local socket has no backpressure downward by contract: a
+program that falls --queue-bytes behind is disconnected (lagging) instead of slowing
+the connection. So these columns run with --queue-bytes LOCAL_QUEUE_BYTES (64 MiB by
+default, --local-queue-bytes) to measure the data path rather than this harness's
+Python readers; a cell where a reader still fell that far behind shows LOST.
+
 Clients connect straight to the server (no proxy), heartbeats off; each trial has its
 own server process. Pipes are enlarged to 1 MiB (F_SETPIPE_SZ) for every client alike,
 so the bench's reader and writer threads lag without stalling the client. Trials go
@@ -40,6 +52,7 @@ import json
 import os
 import platform
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -206,6 +219,11 @@ def start_client(client, url, direction, logf):
     env = {k: v for k, v in os.environ.items() if k not in bench.CA_ENV_REMOVED}
     env.update(client.env)
     argv = client.argv_fn(url, False, None)
+    local = getattr(client, "local", None)
+    if local:
+        # The programs use the socket; wsbeat's own stdin and stdout stay unused.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf, env=env)
+        return proc, argv
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE if direction == "down" else subprocess.DEVNULL,
                             stderr=logf, env=env)
@@ -215,6 +233,41 @@ def start_client(client, url, direction, logf):
     return proc, argv
 
 
+def connect_local(path, k, timeout=10):
+    """k programs connected to wsbeat's local socket at path."""
+    deadline = time.monotonic() + timeout
+    socks = []
+    while len(socks) < k:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PIPE_SZ)
+            socks.append(s)
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    return socks
+
+
+class SocketWriter:
+    """What the stdin pipe is for the other clients: lines written to the first program's
+    socket, then its writing side shut down (its EOF)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def write(self, data):
+        self.sock.sendall(data)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.sock.shutdown(socket.SHUT_WR)
+
+
 def trial(client, direction, size, n, args, logdir, rep):
     """One transfer of n messages of `size` bytes; returns a result dict."""
     res = {"client": client.name, "direction": direction, "size": size, "sent": n, "rep": rep}
@@ -222,9 +275,13 @@ def trial(client, direction, size, n, args, logdir, rep):
     logf = open(os.path.join(logdir, f"throughput-{client.name}-{direction}-{size}.log"), "ab")
     url = f"ws://127.0.0.1:{srv.port}/{client.name}-{direction}-{size}"
     proc = None
+    socks = []
+    local = getattr(client, "local", None)
     try:
         proc, argv = start_client(client, url, direction, logf)
         res["argv"] = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(argv))
+        if local:
+            socks = connect_local(local["path"], local["programs"] if direction == "down" else 1)
         if srv.wait("open", 15) is None:
             res["error"] = "did not connect within 15 s"
             return res
@@ -233,46 +290,54 @@ def trial(client, direction, size, n, args, logdir, rep):
         time.sleep(0.3)
         deadline = time.monotonic() + args.timeout
         if direction == "down":
-            counter = StdoutCounter(proc.stdout, n, size)
-            counter.start()
+            counters = [StdoutCounter(f, n, size) for f in (socks or [proc.stdout])]
+            for counter in counters:
+                counter.start()
+            counter = counters[0]
             c0, s0, x0 = cpu_s(proc.pid), cpu_s(srv.proc.pid), sched_s(proc.pid)
             t_go = time.monotonic()
             srv.send("go")
-            # Wait for the n-th line, or no new line for STALL s, or the timeout.
-            while not counter.done.wait(0.1):
+            # Wait for the n-th line (at every program), or no new line for STALL s, or
+            # the timeout.
+            while not all(c.done.wait(0.1) for c in counters):
                 now = time.monotonic()
                 if now > deadline:
                     res["error"] = f"timeout after {args.timeout} s"
                     break
-                if now - (counter.t_last or t_go) > args.stall:
+                if now - max(c.t_last or t_go for c in counters) > args.stall:
                     res["error"] = f"stalled: no new line for {args.stall} s"
                     break
                 if proc.poll() is not None:
                     res["error"] = f"client exited with {proc.returncode}"
                     break
             c1, s1, x1 = cpu_s(proc.pid), cpu_s(srv.proc.pid), sched_s(proc.pid)
-            t_end = counter.t_nth or counter.t_last
+            ends = [c.t_nth or c.t_last for c in counters]
+            t_end = None if None in ends else max(ends)
             start = srv.wait("start", 1)
             t0 = float(start[0]) if start else None
             h.stop_proc(proc, 3)
-            counter.join(5)  # the client has exited: its stdout is at EOF
+            for c in counters:
+                c.join(5)  # the client has exited: its stdout (or socket) is at EOF
+            counter = min(counters, key=lambda c: c.lines)
             res["delivered"] = counter.lines
-            res["bytes_ok"] = counter.bytes == n * (size + 1)
+            res["bytes_ok"] = all(c.bytes == n * (size + 1) for c in counters)
             res["last_seq"] = counter.last_seq()
-            res["in_order"] = res["bytes_ok"] and res["last_seq"] == n - 1
-            counted = counter.lines if counter.t_nth is None else n
+            res["in_order"] = res["bytes_ok"] and all(c.last_seq() == n - 1 for c in counters)
+            counted = counter.lines if any(c.t_nth is None for c in counters) else n
             fin = srv.final()
             res["connections"] = fin[5] if fin else None
         else:
             done_writing = threading.Event()
 
+            sink = SocketWriter(socks[0]) if socks else proc.stdin
+
             def writer():
                 try:
                     block = max(1, (1 << 20) // (size + 1))
                     for i in range(0, n, block):
-                        proc.stdin.write(line_block(i, min(block, n - i), size))
-                        proc.stdin.flush()
-                    proc.stdin.close()
+                        sink.write(line_block(i, min(block, n - i), size))
+                        sink.flush()
+                    sink.close()
                 except OSError:
                     pass
                 done_writing.set()
@@ -321,6 +386,8 @@ def trial(client, direction, size, n, args, logdir, rep):
     finally:
         if proc is not None:
             h.stop_proc(proc, 3)
+        for sock in socks:
+            sock.close()
         srv.stop()
         logf.close()
 
@@ -331,6 +398,18 @@ def make_clients(args):
     # wsbeat, websocat (the reference of issue 9), Python, Node, then the ceiling.
     clients.sort(key=lambda c: ["wsbeat", "websocat", "python-websockets", "node-ws"].index(c.name)
                  if c.name in ("wsbeat", "websocat", "python-websockets", "node-ws") else 9)
+    wsbeat = next((c for c in clients if c.name == "wsbeat"), None)
+    if wsbeat and "socket" not in args.skip:
+        for name, programs, label in (("wsbeat-socket", 1, "local socket, 1 program"),
+                                      ("wsbeat-fanout8", 8, "local socket, 8 programs")):
+            path = os.path.join("/tmp", f"wsbeat-bench-{os.getpid()}-{name}.sock")
+            local = bench.Client(name, f"{wsbeat.version} ({label})",
+                                 lambda url, hb, ca, p=path: wsbeat.argv_fn(url, hb, ca)
+                                 + ["--socket", p, "--queue-bytes", str(args.local_queue_bytes)],
+                                 dict(wsbeat.env))
+            local.local = {"path": path, "programs": programs}
+            local.down_only = programs > 1
+            clients.append(local)
     if "ceiling" not in args.skip:
         clients.append(bench.Client("ceiling", "wsflood client (batching)",
                                     lambda url, hb, ca: [args.wsflood, "client", url]))
@@ -371,7 +450,9 @@ def main():
     ap.add_argument("--timeout", type=float, default=60, help="bound on one transfer, s")
     ap.add_argument("--stall", type=float, default=3, help="end a transfer whose count has not moved for this long, s")
     ap.add_argument("--quick", action="store_true", help="20k messages, 1 repetition")
-    ap.add_argument("--skip", default="", help="comma list of clients to leave out: ceiling,python,node,websocat")
+    ap.add_argument("--skip", default="", help="comma list of clients to leave out: ceiling,python,node,websocat,socket")
+    ap.add_argument("--local-queue-bytes", type=int, default=64 << 20,
+                    help="--queue-bytes of the local-socket columns (default 64 MiB)")
     ap.add_argument("--out", default=os.path.join(h.REPO, "target", "bench", "throughput.json"))
     args = ap.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
@@ -402,6 +483,8 @@ def main():
                 order = list(clients)
                 random.shuffle(order)
                 for c in order:
+                    if d != "down" and getattr(c, "down_only", False):
+                        continue
                     r = trial(c, d, s, args.count, args, logdir, rep)
                     if r.get("seconds") and r.get("server_cpu_s") is not None:
                         r["server_cpu_pct"] = 100 * r["server_cpu_s"] / r["seconds"]

@@ -12,13 +12,16 @@
 # or ./target), containing
 #   /usr/bin/wsbeat                       the stripped release binary
 #   /lib/systemd/system/wsbeat.service    from systemd/wsbeat.service
+#   /lib/systemd/system/wsbeat.socket     from systemd/wsbeat.socket (/run/wsbeat.sock)
 #   /etc/default/wsbeat                   from systemd/wsbeat.env (conffile, mode 0600)
 #   /usr/share/man/man1/wsbeat.1.gz       from docs/wsbeat.1 (tests/manpage.rs keeps it in
 #                                         step with --help; rendered here with man --warnings)
 #   /usr/share/doc/wsbeat/copyright
 # The maintainer scripts create an empty /etc/wsbeat/headers (the unit's LoadCredential=
-# needs it) and reload systemd; the service is NOT enabled or started: set WSBEAT_URL in
-# /etc/default/wsbeat first, then `systemctl enable --now wsbeat`.
+# needs it) and the system group wsbeat (who may use /run/wsbeat.sock), enable both units
+# on the first install and start the socket; the service starts at the next boot or at a
+# local client's first connect: set WSBEAT_URL in /etc/default/wsbeat first, then
+# `systemctl restart wsbeat`. Purge removes the group, the links and the headers file.
 #
 # Building for another target runs `$CARGO build --release --target TARGET`: set CARGO=cross
 # (with CROSS_CONFIG=cross.toml) to build with cross, or build first and pass --no-build.
@@ -49,7 +52,7 @@ case $T in
   *) die "unsupported target '$T' (x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, arm-unknown-linux-gnueabihf)" ;;
 esac
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found (apt-get install dpkg)"
-for f in systemd/wsbeat.service systemd/wsbeat.env docs/wsbeat.1; do
+for f in systemd/wsbeat.service systemd/wsbeat.socket systemd/wsbeat.env docs/wsbeat.1; do
   [ -f "$f" ] || die "$f is missing"
 done
 
@@ -87,6 +90,7 @@ else
   log "warning: $STRIP not found; packaging the binary as built ([profile.release] strips it)"
 fi
 install -m 0644 systemd/wsbeat.service "$STAGE/lib/systemd/system/wsbeat.service"
+install -m 0644 systemd/wsbeat.socket "$STAGE/lib/systemd/system/wsbeat.socket"
 # wsbeat(1). Rendered the way lintian does (groff warnings are its groff-message), when
 # man-db is there.
 if command -v man >/dev/null; then
@@ -152,7 +156,9 @@ Priority: optional
 Description: ${SYNOPSIS}
  wsbeat keeps one WebSocket connection (ws:// or wss://) alive with a ping/pong
  heartbeat and reconnects with jittered exponential backoff. It runs as a
- hardened systemd service (wsbeat.service) configured in /etc/default/wsbeat.
+ hardened systemd service (wsbeat.service) configured in /etc/default/wsbeat;
+ the device's programs share the connection through /run/wsbeat.sock
+ (wsbeat.socket, for root and the group wsbeat).
 EOF
 
 cat >"$STAGE/DEBIAN/postinst" <<'EOF'
@@ -163,22 +169,31 @@ if [ "$1" = configure ]; then
     # fails when the file is missing: create an empty, root-only one.
     install -d -m 0700 /etc/wsbeat
     [ -e /etc/wsbeat/headers ] || install -m 0600 /dev/null /etc/wsbeat/headers
-    # As dh_installsystemd --no-enable does: record the links `systemctl enable` would
-    # make (multi-user.target.wants/), so that purge removes them even when the admin
-    # enabled the service by hand; and undo the mask a `remove` left.
+    # Who may use the local socket /run/wsbeat.sock (wsbeat.socket: SocketGroup=wsbeat).
+    getent group wsbeat >/dev/null || groupadd --system wsbeat
+    # As dh_installsystemd does: enable both units on the first install (and record the
+    # links, so that purge removes them), and undo the mask a `remove` left.
     if command -v deb-systemd-helper >/dev/null; then
-        deb-systemd-helper unmask wsbeat.service >/dev/null || true
-        deb-systemd-helper update-state wsbeat.service >/dev/null || true
+        for unit in wsbeat.socket wsbeat.service; do
+            deb-systemd-helper unmask "$unit" >/dev/null || true
+            if deb-systemd-helper --quiet was-enabled "$unit"; then
+                deb-systemd-helper enable "$unit" >/dev/null || true
+            else
+                deb-systemd-helper update-state "$unit" >/dev/null || true
+            fi
+        done
     fi
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true
-        # Upgrade: a running service restarts on the new binary; a stopped one stays stopped.
+        # The socket listens at once; the service starts at a client's first connect, at
+        # the next boot or by hand. Upgrade: a running service restarts on the new binary.
+        deb-systemd-invoke start wsbeat.socket >/dev/null || true
         if [ -n "$2" ]; then
             deb-systemd-invoke try-restart wsbeat.service >/dev/null || true
         fi
     fi
     if [ -z "$2" ]; then
-        echo "wsbeat: set WSBEAT_URL in /etc/default/wsbeat, then: systemctl enable --now wsbeat"
+        echo "wsbeat: set WSBEAT_URL in /etc/default/wsbeat, then: systemctl restart wsbeat"
     fi
 fi
 exit 0
@@ -187,7 +202,7 @@ cat >"$STAGE/DEBIAN/prerm" <<'EOF'
 #!/bin/sh
 set -e
 if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-    deb-systemd-invoke stop wsbeat.service >/dev/null || true
+    deb-systemd-invoke stop wsbeat.socket wsbeat.service >/dev/null || true
 fi
 exit 0
 EOF
@@ -199,15 +214,18 @@ if [ -d /run/systemd/system ]; then
 fi
 # remove: the admin's enable links stay (the unit is masked meanwhile); purge: they go.
 if [ "$1" = remove ] && command -v deb-systemd-helper >/dev/null; then
-    deb-systemd-helper mask wsbeat.service >/dev/null || true
+    deb-systemd-helper mask wsbeat.socket wsbeat.service >/dev/null || true
 fi
 if [ "$1" = purge ] && command -v deb-systemd-helper >/dev/null; then
-    deb-systemd-helper purge wsbeat.service >/dev/null || true
-    deb-systemd-helper unmask wsbeat.service >/dev/null || true
+    deb-systemd-helper purge wsbeat.socket wsbeat.service >/dev/null || true
+    deb-systemd-helper unmask wsbeat.socket wsbeat.service >/dev/null || true
 fi
 if [ "$1" = purge ]; then
     rm -f /etc/wsbeat/headers
     rmdir /etc/wsbeat 2>/dev/null || true
+    if getent group wsbeat >/dev/null; then
+        groupdel wsbeat >/dev/null 2>&1 || echo "wsbeat: the group wsbeat was kept (still in use?)" >&2
+    fi
 fi
 exit 0
 EOF

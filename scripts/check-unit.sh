@@ -1,7 +1,10 @@
 #!/bin/sh
-# Checks systemd/wsbeat.service: `systemd-analyze verify` must pass and
-# `systemd-analyze security --offline=yes` must report an overall exposure of
-# at most 1.2 (MAX_EXPOSURE, in tenths: 12). Prints the score.
+# Checks systemd/wsbeat.service and systemd/wsbeat.socket: `systemd-analyze
+# verify` must pass for both, the socket must be the contract's
+# (ListenStream=/run/wsbeat.sock, SocketMode=0660, SocketGroup=wsbeat) with the
+# service keeping DynamicUser=yes, and `systemd-analyze security --offline=yes`
+# must report an overall exposure of at most 1.2 (MAX_EXPOSURE, in tenths: 12)
+# for the service. Prints the score.
 #
 # Needs systemd-analyze (Debian: apt-get install -y systemd); works without
 # systemd running as PID 1. verify insists that ExecStart= exists, so a copy
@@ -13,6 +16,7 @@ set -eu
 MAX_EXPOSURE=${MAX_EXPOSURE:-12}
 root=$(cd "$(dirname "$0")/.." && pwd)
 unit="$root/systemd/wsbeat.service"
+socket_unit="$root/systemd/wsbeat.socket"
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "check-unit: systemd-analyze not found (apt-get install -y systemd)" >&2
@@ -53,6 +57,17 @@ if ! grep -q "^ExecStart=$bin" "$tmp/wsbeat.service"; then
     echo "check-unit: ExecStart=/usr/bin/wsbeat not found in $unit" >&2
     exit 1
 fi
+cp "$socket_unit" "$tmp/wsbeat.socket"
+for want in ListenStream=/run/wsbeat.sock SocketMode=0660 SocketGroup=wsbeat Accept=no; do
+    if ! grep -qx "$want" "$socket_unit"; then
+        echo "check-unit: FAIL: $socket_unit lacks $want" >&2
+        exit 1
+    fi
+done
+if ! grep -qx DynamicUser=yes "$unit"; then
+    echo "check-unit: FAIL: $unit lacks DynamicUser=yes" >&2
+    exit 1
+fi
 # /bin/kill (ExecReload=) comes from procps, which minimal images lack;
 # every full Debian install has it (priority: important).
 if [ ! -x /bin/kill ]; then
@@ -72,16 +87,16 @@ else
     man_opt=--man=no
 fi
 
-echo "check-unit: systemd-analyze verify (ExecStart=$bin)"
+echo "check-unit: systemd-analyze verify wsbeat.service wsbeat.socket (ExecStart=$bin)"
 # verify reports problems on stderr but may still exit 0 for some of them.
-if ! systemd-analyze verify "$man_opt" "$tmp/wsbeat.service" >"$tmp/verify.log" 2>&1; then
+if ! systemd-analyze verify "$man_opt" "$tmp/wsbeat.service" "$tmp/wsbeat.socket" >"$tmp/verify.log" 2>&1; then
     cat "$tmp/verify.log" >&2
     echo "check-unit: FAIL: systemd-analyze verify" >&2
     exit 1
 fi
-if grep -q "wsbeat.service" "$tmp/verify.log"; then
+if grep -q "wsbeat\.s" "$tmp/verify.log"; then
     cat "$tmp/verify.log" >&2
-    echo "check-unit: FAIL: systemd-analyze verify complained about wsbeat.service" >&2
+    echo "check-unit: FAIL: systemd-analyze verify complained about wsbeat.service or wsbeat.socket" >&2
     exit 1
 fi
 cat "$tmp/verify.log"

@@ -8,6 +8,7 @@ greps:
 
     LISTEN 127.0.0.1:8765
     CONNECT peer=127.0.0.1:40112 path=/ws authorization='Bearer ...'
+    TEXT peer=127.0.0.1:40112 text='hello from a local program'
     CLOSE peer=127.0.0.1:40112 code=1001 reason='shutting down'
     CLOSE peer=127.0.0.1:40112 code=none reason='TCP closed without a Close frame'
 
@@ -108,6 +109,8 @@ def serve(conn, peer):
             if opcode == 0x9:  # Ping
                 send_frame(conn, 0xA, data)
             elif opcode in (0x1, 0x2):  # echo messages
+                if opcode == 0x1:
+                    log("TEXT peer=%s text=%r" % (peer, data.decode("utf-8", "replace")))
                 send_frame(conn, opcode, data)
     except (EOFError, OSError, ValueError) as err:
         if not isinstance(err, EOFError):

@@ -24,6 +24,13 @@
 #   status-file  /run/wsbeat/status says state=connected for that URL, world-readable
 #   security   systemd-analyze security wsbeat (online) <= MAX_EXPOSURE
 #   quiet      journalctl -u wsbeat -p warning is empty while all is well
+#   socket     wsbeat.socket active, /run/wsbeat.sock root:wsbeat 0660, passed to the service
+#   group      a user in the group wsbeat sends a line through /run/wsbeat.sock: the server
+#              gets it, and the user receives what the server sends (its echo)
+#   others     a user not in the group gets EACCES from connect()
+#   sock-restart  systemctl restart wsbeat keeps the socket (same inode, still listening);
+#              a client that reconnects carries on
+#   activation with the service stopped, a client's connect() starts it and is served
 #   reload     systemctl reload: same PID, files re-read (log), close 1000, new connect with header
 #   rotation   new token in /etc/wsbeat/headers + systemctl restart: the server gets it
 #   outage     server killed for OUTAGE_SECS (> WatchdogSec=30): still running, same PID,
@@ -239,6 +246,37 @@ esac
 # The server, before the baseline for the purge check: it is not the package's.
 install -d "$R/usr/local/lib/wsbeat-test"
 install -m 0755 "$SERVER" "$R/usr/local/lib/wsbeat-test/server.py"
+# A local program: sends LINE through /run/wsbeat.sock and waits for it to come back (the
+# server echoes it to every client); prints ok, EOF, timeout or connect()'s errno name.
+cat >"$R/usr/local/lib/wsbeat-test/client.py" <<'PY'
+import errno, socket, sys
+line = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect("/run/wsbeat.sock")
+except OSError as err:
+    print(errno.errorcode.get(err.errno, str(err.errno)))
+    sys.exit(3)
+s.sendall((line + "\n").encode())
+s.settimeout(20)
+want = ("\n" + line + "\n").encode()
+buf = b"\n"
+try:
+    while want not in buf:
+        data = s.recv(65536)
+        if not data:
+            print("EOF")
+            sys.exit(4)
+        buf += data
+except socket.timeout:
+    print("timeout")
+    sys.exit(5)
+print("ok")
+PY
+# The test's users, before the baseline too (useradd writes /etc/passwd- and friends):
+# wsbeat-member joins the package's group once it exists, wsbeat-other never does.
+C useradd --system --no-create-home wsbeat-member
+C useradd --system --no-create-home wsbeat-other
 cat >"$R/etc/systemd/system/wsecho.service" <<EOF
 [Unit]
 Description=WebSocket echo server for the wsbeat test ($URL)
@@ -252,10 +290,12 @@ snapshot >"$OUT/files-before.txt"
 # ---------------------------------------------------------------- install
 out=$(C dpkg -i /var/tmp/wsbeat.deb 2>&1); rc=$?
 printf '%s\n' "$out" >"$OUT/dpkg-install.log"
-modes=$(C stat -c '%n %a %s' /usr/bin/wsbeat /lib/systemd/system/wsbeat.service /etc/default/wsbeat \
-  /etc/wsbeat /etc/wsbeat/headers /usr/share/man/man1/wsbeat.1.gz 2>&1)
+modes=$(C stat -c '%n %a %s' /usr/bin/wsbeat /lib/systemd/system/wsbeat.service /lib/systemd/system/wsbeat.socket \
+  /etc/default/wsbeat /etc/wsbeat /etc/wsbeat/headers /usr/share/man/man1/wsbeat.1.gz 2>&1)
+modes="$modes
+group $(C getent group wsbeat | cut -d: -f1)"
 flat=$(printf '%s\n' "$modes" | tr '\n' ' ')
-want="/usr/bin/wsbeat 755 * /lib/systemd/system/wsbeat.service 644 * /etc/default/wsbeat 600 * /etc/wsbeat 700 * /etc/wsbeat/headers 600 0 /usr/share/man/man1/wsbeat.1.gz 644 * "
+want="/usr/bin/wsbeat 755 * /lib/systemd/system/wsbeat.service 644 * /lib/systemd/system/wsbeat.socket 644 * /etc/default/wsbeat 600 * /etc/wsbeat 700 * /etc/wsbeat/headers 600 0 /usr/share/man/man1/wsbeat.1.gz 644 * group wsbeat "
 # shellcheck disable=SC2053 # glob match on purpose (sizes vary)
 if [ "$rc" = 0 ] && [[ $flat == $want ]] && C dpkg -s wsbeat 2>/dev/null | grep -qx 'Status: install ok installed'; then
   pass install "dpkg -i $(basename "$DEB"): $(echo "$modes" | awk '{printf "%s %s, ", $1, $2}')postinst: $(printf '%s' "$out" | grep -m1 '^wsbeat:')"
@@ -265,8 +305,8 @@ fi
 
 # --man=no: the minimal image has no man-db to look up Documentation=man:wsbeat(1) (the
 # install check above saw the page; scripts/check-unit.sh resolves the reference).
-if out=$(C systemd-analyze verify --man=no wsbeat.service 2>&1) && [ -z "$out" ]; then
-  pass verify "systemd-analyze verify wsbeat.service: no complaints"
+if out=$(C systemd-analyze verify --man=no wsbeat.service wsbeat.socket 2>&1) && [ -z "$out" ]; then
+  pass verify "systemd-analyze verify wsbeat.service wsbeat.socket: no complaints"
 else
   fail verify "systemd-analyze verify: $(printf '%s' "$out" | oneline)"
 fi
@@ -326,6 +366,56 @@ fi
 warn=$(jwsb -p warning)
 if [ -z "$warn" ]; then pass quiet "journalctl -u wsbeat -p warning: nothing while connected"
 else fail quiet "warnings while connected: $(printf '%s' "$warn" | oneline)"; fi
+
+# ---------------------------------------------------------------- local socket
+C usermod -a -G wsbeat wsbeat-member
+sockinfo() { C stat -c '%U:%G %a %F %i' /run/wsbeat.sock 2>&1; }
+si=$(sockinfo)
+sa=$(C systemctl is-active wsbeat.socket 2>&1)
+if [ "$sa" = active ] && [[ $si == "root:wsbeat 660 socket "* ]] && wait_until 5 wsb_has 0 'passed by systemd'; then
+  pass socket "wsbeat.socket $sa, /run/wsbeat.sock ${si% *}; wsbeat: \"$(jwsb | grep -m1 -o 'local socket: passed by systemd')\""
+else
+  fail socket "wsbeat.socket: $sa; /run/wsbeat.sock: $si; journal: $(jwsb | grep -i 'socket' | oneline)"
+fi
+# client USER LINE: a local program run as USER; prints what client.py prints.
+client() { C runuser -u "$1" -- python3 /usr/local/lib/wsbeat-test/client.py "$2" 2>&1; }
+LINE=from-a-member-$RANDOM
+m=$(srvmark)
+out=$(CT=30 client wsbeat-member "$LINE")
+if [ "$out" = ok ] && srv_has "$m" "TEXT .*text='$LINE'"; then
+  pass group "a member of wsbeat sent \"$LINE\" through /run/wsbeat.sock, the server got it ($(srvnew "$m" | grep -m1 -o 'TEXT.*' | sed 's/peer=[^ ]* //')), and its echo came back"
+else
+  fail group "client: $out; server: $(srvnew "$m" | oneline); journal: $(jwsb | tail -n 4 | oneline)"
+fi
+out=$(client wsbeat-other "from-another-user")
+if [ "$out" = EACCES ]; then
+  pass others "a user outside the group wsbeat: connect() fails with $out"
+else
+  fail others "a user outside the group wsbeat got: $out"
+fi
+inode=$(sockinfo | awk '{print $NF}')
+out=$(C systemctl restart wsbeat.service 2>&1); rc=$?
+LINE=after-restart-$RANDOM
+m=$(srvmark)
+out2=$(CT=30 client wsbeat-member "$LINE")
+si=$(sockinfo)
+if [ "$rc" = 0 ] && [ "$(C systemctl is-active wsbeat.socket)" = active ] && [ "${si##* }" = "$inode" ] &&
+  [ "$out2" = ok ] && srv_has "$m" "TEXT .*text='$LINE'"; then
+  pass sock-restart "systemctl restart wsbeat: the socket stayed (inode $inode), a client that reconnected carries on"
+else
+  fail sock-restart "restart rc=$rc $out; socket $si (inode was $inode); client: $out2; server: $(srvnew "$m" | oneline)"
+fi
+C systemctl stop wsbeat.service
+as=$(prop ActiveState)
+LINE=wakes-the-service-$RANDOM
+m=$(srvmark)
+out=$(CT=40 client wsbeat-member "$LINE")
+if [ "$as" = inactive ] && [ "$out" = ok ] && [ "$(prop ActiveState)" = active ] && srv_has "$m" "TEXT .*text='$LINE'"; then
+  pass activation "service stopped ($as): a client's connect() started it ($(prop ActiveState)/$(prop SubState)) and its line reached the server"
+else
+  fail activation "before: $as, after: $(prop ActiveState); client: $out; server: $(srvnew "$m" | oneline)"
+fi
+MAINPID=$(prop MainPID)
 
 # ---------------------------------------------------------------- reload, token rotation
 m=$(srvmark); w=$(wsbmark)

@@ -6,12 +6,9 @@
 use std::time::Duration;
 
 use crate::error::ConnectError;
-use crate::status_file::Status;
-use crate::transport::Connection;
-
-/// Identifies one connection attempt; every event carries it, so a late event
-/// from a connection already torn down is recognised and ignored.
-pub type ConnId = u64;
+use crate::net::stream::Connection;
+use crate::report::status_file::Status;
+pub use crate::rules::machine::{ConnId, Ending};
 
 /// Everything that wakes the supervisor.
 pub enum Event {
@@ -50,9 +47,11 @@ pub enum Event {
         idle: Option<Duration>,
     },
     /// The kernel reported an address, link or route change.
-    Link(crate::linkwatch::LinkEvent),
+    Link(crate::net::linkwatch::LinkEvent),
     /// Input ended; nothing to do but note it.
     InputClosed,
+    /// The local socket's counts changed: the status is written again.
+    LocalChanged,
     /// SIGHUP: re-read files, reconnect at once.
     Reload,
     /// SIGTERM/SIGINT: close with 1001 and stop.
@@ -79,17 +78,4 @@ pub trait Observer: Send + Sync {
     fn state(&self, _status: &Status) {}
     /// A heartbeat was answered after `rtt`. Called on the reader thread; keep it short.
     fn heartbeat(&self, _rtt: Duration) {}
-}
-
-/// How [`Supervisor::run`](crate::supervisor::Supervisor::run) ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ending {
-    /// Stopped on request (signal or [`Handle::stop`](crate::supervisor::Handle::stop)).
-    Stopped,
-    /// `--max-retries` attempts in a row failed; the last error.
-    GaveUp(String),
-    /// `--once`: the heartbeat was answered after this round trip.
-    ProbeAnswered(Duration),
-    /// `--once`: it was not; why.
-    ProbeFailed(String),
 }

@@ -9,7 +9,9 @@
 //! # In scope
 //! One client connection, `ws://` and `wss://` (native-tls), control or text
 //! heartbeats, stdin lines out and server text messages in, systemd
-//! notification, a status file and Prometheus metrics, Happy Eyeballs on
+//! notification, a status file and Prometheus metrics, a local Unix socket
+//! through which the device's programs share the connection (`--socket`, or
+//! systemd socket activation), Happy Eyeballs on
 //! dual-stack hosts, HTTP CONNECT proxies, the kernel's address changes
 //! (rtnetlink), an adaptive heartbeat for metered links. Plain std threads; no
 //! async runtime.
@@ -28,6 +30,8 @@
 //! heartbeat thread ┘                    │   machine (pure decisions, virtual-time tests)
 //!    connect thread (one per attempt) ──┘
 //!   reader thread ── Delivery (bytes-bounded) ──> output thread ──> stdout
+//!   with --socket: local thread (one poll) ── lines ──> Outbox;
+//!                  output thread ──> Fanout log ──> local thread ──> clients
 //! ```
 //! The [`Supervisor`] is a driver: every decision (reconnect delays, `--max-retries`,
 //! reload and stop in each phase, the watchdog) is made by the pure state machine (`machine`),
@@ -77,50 +81,33 @@
 // The modules are private: the public API is the re-exported set below, so an
 // internal type is not a semver promise. `config`, `headers`, `logging` and
 // `linkwatch` stay reachable (hidden) for the binary, the fuzz targets and tests.
-mod adaptive;
-mod backoff;
 #[doc(hidden)]
 pub mod config;
 mod connection;
-mod delivery;
-mod dial;
 mod error;
 mod events;
-#[doc(hidden)]
-pub mod headers;
-#[doc(hidden)]
-pub mod linkwatch;
-#[doc(hidden)]
-pub mod logging;
-mod machine;
-mod metrics;
+mod local;
+mod net;
 #[allow(unsafe_code)]
 mod os;
-mod outbox;
-mod proxy;
 mod report;
-#[cfg(feature = "tls")]
-mod san;
-mod sd_notify;
-mod signals;
-mod status_file;
-mod stdin;
-mod stdout;
+mod rules;
 mod supervisor;
-#[cfg(feature = "tls")]
-mod tls;
-#[cfg(not(feature = "tls"))]
-#[path = "no_tls.rs"]
-mod tls;
-mod traffic;
-mod transport;
 
-pub use backoff::{Random, SplitMix64};
+// Reachable (hidden) for the binary, the fuzz targets and the tests.
+#[doc(hidden)]
+pub use config::headers;
+#[doc(hidden)]
+pub use net::linkwatch;
+#[doc(hidden)]
+pub use report::logging;
+
 pub use config::{Config, HeartbeatMode, Target, parse_target};
 pub use error::{ConfigError, ConnectError, Exit, Stage, UsageError};
 pub use events::{ConnId, Ending, Observer};
-pub use status_file::{State, Status};
-pub use stdout::StdoutLines;
+pub use local::stdout::StdoutLines;
+pub use report::status_file::{LocalCounts, State, Status};
+pub use rules::backoff::{Random, SplitMix64};
 pub use supervisor::{Handle, Supervisor, Systemd};
 
 use std::sync::Arc;
@@ -129,7 +116,7 @@ use std::sync::Arc;
 /// Returns how it ended; `Err` is a configuration file problem (exit 78).
 pub fn run(config: Config) -> Result<Ending, ConfigError> {
     // Handlers first, before any thread exists, so every thread inherits them.
-    let signals = match signals::SignalListener::install() {
+    let signals = match local::signals::SignalListener::install() {
         Ok(signals) => Some(signals),
         Err(err) => {
             log::error!("signal handlers: {err}");
@@ -139,21 +126,39 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     // Also for a client certificate on ws://: checking the pair builds a TLS context,
     // which would otherwise parse the whole system CA bundle.
     if config.target.tls || config.client_cert.is_some() {
-        tls::prefer_hashed_system_roots();
+        net::tls::prefer_hashed_system_roots();
     }
     // One arena: a client that moves a few messages a second gains nothing from one
     // per thread and pays for each in resident memory. Before any thread starts.
     os::limit_malloc_arenas();
     let once = config.once;
     let max_line = config.max_message_size;
-    let stdout = match StdoutLines::new() {
-        Ok(stdout) => stdout,
-        Err(err) => return Ok(Ending::GaveUp(format!("stdout: {err}"))),
+    let max_clients = config.socket_max_clients;
+    // Still one thread: socket activation's variables are unset here.
+    let local = if once {
+        None
+    } else {
+        local::socket::Local::open(
+            config.socket.as_deref(),
+            config.socket_mode,
+            config.queue_bytes,
+        )?
     };
-    let supervisor = Supervisor::new(config, Arc::new(stdout))?;
+    // With a local socket, received messages go to its clients instead of stdout.
+    let observer: Arc<dyn Observer> = match &local {
+        Some(local) => local.observer(),
+        None => match StdoutLines::new() {
+            Ok(stdout) => Arc::new(stdout),
+            Err(err) => return Ok(Ending::GaveUp(format!("stdout: {err}"))),
+        },
+    };
+    let mut supervisor = Supervisor::new(config, observer)?;
+    if let Some(local) = &local {
+        supervisor = supervisor.with_local_counts(Box::new(local.counts()));
+    }
     let systemd = Systemd {
-        notifier: sd_notify::Notifier::from_env(),
-        watchdog: sd_notify::watchdog_interval(
+        notifier: report::sd_notify::Notifier::from_env(),
+        watchdog: report::sd_notify::watchdog_interval(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
             std::env::var("WATCHDOG_PID").ok().as_deref(),
             std::process::id(),
@@ -165,8 +170,8 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
         let handle = handle.clone();
         signals
             .spawn(move |signal| match signal {
-                signals::Signal::Terminate => handle.stop(),
-                signals::Signal::Reload => handle.reload(),
+                local::signals::Signal::Terminate => handle.stop(),
+                local::signals::Signal::Reload => handle.reload(),
             })
             .map_err(|err| log::error!("signal thread: {err}"))
             .ok()
@@ -176,7 +181,7 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     } else {
         let lines = handle.clone();
         let eof = handle.clone();
-        stdin::spawn_reader(
+        local::stdin::spawn_reader(
             std::io::stdin(),
             max_line,
             move |line| lines.send(line),
@@ -185,8 +190,21 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
         .map_err(|err| log::debug!("stdin not read: {err}"))
         .ok()
     };
+    let local_thread = local.and_then(|local| {
+        let changed = handle.clone();
+        local
+            .spawn(handle.outbox(), max_line, max_clients, move || {
+                changed.local_changed()
+            })
+            .map_err(|err| log::error!("local socket thread: {err}"))
+            .ok()
+    });
     drop(handle);
     let ending = supervisor.run();
+    // After the server's Close: the clients get what arrived, then are closed.
+    if let Some(thread) = local_thread {
+        thread.stop();
+    }
     if let Some(thread) = stdin_thread {
         thread.stop();
     }

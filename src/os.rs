@@ -145,6 +145,14 @@ impl Wake {
     pub fn pollfd(&self) -> libc::pollfd {
         pollfd(self.0.as_fd(), libc::POLLIN)
     }
+
+    /// Takes the signals sent so far, so the next wait waits again (for a wake
+    /// that is signalled over and over, as the local socket's is).
+    pub fn clear(&self) {
+        let mut counter = [0u8; 8];
+        // EAGAIN: nothing was signalled; nothing to handle either way.
+        let _ = read(self.0.as_fd(), &mut counter);
+    }
 }
 
 impl AsFd for Wake {
@@ -294,6 +302,102 @@ pub fn socket_error(fd: BorrowedFd<'_>) -> io::Result<()> {
         0 => Ok(()),
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
+}
+
+/// The PID and UID of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<(libc::pid_t, libc::uid_t)> {
+    // SAFETY: ucred is plain old data; all zeroes is a valid value.
+    let mut cred: libc::ucred = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    })?;
+    Ok((cred.pid, cred.uid))
+}
+
+/// `sendmsg(2)` of `parts` without waiting (`MSG_DONTWAIT`) and without `SIGPIPE`
+/// for a peer that has gone (`MSG_NOSIGNAL`: `EPIPE` comes back as an error).
+/// Retried on `EINTR`.
+pub fn send_nowait(fd: BorrowedFd<'_>, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain old data; all zeroes is a valid value (no name, no control).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them.
+    msg.msg_iov = parts.as_ptr().cast_mut().cast();
+    msg.msg_iovlen = parts.len() as _;
+    retry_interrupted(|| {
+        // SAFETY: `msg` points to `parts`, valid for the call; `fd` is open for the call.
+        unsafe {
+            libc::sendmsg(
+                fd.as_raw_fd(),
+                &raw const msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        }
+    })
+}
+
+/// An integer socket option of `fd` (`SOL_SOCKET`).
+fn socket_option(fd: libc::c_int, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of the sizes given.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: libc::c_int = 3;
+
+/// The listening socket systemd passed by socket activation, if the environment
+/// says it is for this process (`LISTEN_PID` is our PID, `LISTEN_FDS=1`) and
+/// descriptor 3 is a listening `AF_UNIX` stream socket; `Err` says why a passed
+/// socket cannot be used. The descriptor is made close-on-exec, as
+/// `sd_listen_fds(3)` does. The caller unsets the variables.
+pub fn activated_unix_listener(
+    listen_pid: Option<&str>,
+    listen_fds: Option<&str>,
+) -> Result<Option<OwnedFd>, String> {
+    let for_us = listen_pid
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    if !for_us {
+        return Ok(None);
+    }
+    match listen_fds.map(str::trim) {
+        Some("1") => {}
+        Some(n) => return Err(format!("LISTEN_FDS={n}: expected one socket")),
+        None => return Ok(None),
+    }
+    let fd = LISTEN_FDS_START;
+    let describe = |err: io::Error| format!("descriptor {fd}: {err}");
+    let domain = socket_option(fd, libc::SO_DOMAIN).map_err(describe)?;
+    let kind = socket_option(fd, libc::SO_TYPE).map_err(describe)?;
+    let listening = socket_option(fd, libc::SO_ACCEPTCONN).map_err(describe)?;
+    if domain != libc::AF_UNIX || kind != libc::SOCK_STREAM || listening == 0 {
+        return Err(format!(
+            "descriptor {fd} is not a listening AF_UNIX stream socket"
+        ));
+    }
+    // SAFETY: fcntl on a descriptor that is open (getsockopt succeeded); no pointers.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map_err(describe)?;
+    // SAFETY: systemd passed descriptor 3 to this process (LISTEN_PID says so) and
+    // nothing else in the process owns it: it is taken once, here.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// A non-blocking `NETLINK_ROUTE` socket bound to the multicast `groups`.
@@ -511,6 +615,20 @@ pub fn set_env_single_threaded(vars: &[(&str, &OsStr)]) -> bool {
         // SAFETY: the process has one thread (checked above), so nothing reads or
         // writes the environment concurrently.
         unsafe { std::env::set_var(key, value) };
+    }
+    true
+}
+
+/// Removes environment variables, only while the process has one thread (as
+/// [`set_env_single_threaded`]); returns whether it did.
+pub fn remove_env_single_threaded(keys: &[&str]) -> bool {
+    if thread_count() != Some(1) {
+        return false;
+    }
+    for key in keys {
+        // SAFETY: the process has one thread (checked above), so nothing reads or
+        // writes the environment concurrently.
+        unsafe { std::env::remove_var(key) };
     }
     true
 }

@@ -123,6 +123,26 @@ fn bad_numbers_are_usage_errors() {
 }
 
 #[test]
+fn bad_socket_mode_or_max_clients_are_usage_errors() {
+    for (flag, value) in [
+        ("--socket-mode", "rw-rw----"),
+        ("--socket-mode", "0860"),
+        ("--socket-mode", "+660"),
+        ("--socket-mode", "10660"),
+        ("--socket-max-clients", "0"),
+        ("--socket-max-clients", "many"),
+    ] {
+        usage_error(Wsbeat::new().arg(refused_url()).arg(flag).arg(value), flag);
+    }
+    usage_error(
+        Wsbeat::new()
+            .arg(refused_url())
+            .env("WSBEAT_SOCKET_MAX_CLIENTS", "0"),
+        "WSBEAT_SOCKET_MAX_CLIENTS",
+    );
+}
+
+#[test]
 fn bad_heartbeat_mode_is_a_usage_error() {
     usage_error(
         Wsbeat::new()

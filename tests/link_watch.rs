@@ -513,7 +513,7 @@ fn a_flapping_address_cuts_each_wait_at_most_once() {
     let mut w = Wsbeat::new()
         .in_netns(pair.dev.name())
         // The machine's own lines only, without the watcher's and the dialer's.
-        .env("RUST_LOG", "info,wsbeat::machine=debug")
+        .env("RUST_LOG", "info,wsbeat::rules::machine=debug")
         .args(["--ping-interval", "60s", "--backoff-initial", "1s"])
         .args(["--backoff-max", "60s", &url])
         .stdin_null()

@@ -15,6 +15,7 @@ mod hostile;
 #[cfg(feature = "interop")]
 mod interop;
 mod link_watch;
+mod local_socket;
 mod lossless;
 mod manpage;
 mod nat;

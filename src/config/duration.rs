@@ -15,7 +15,10 @@ pub fn parse_auto(s: &str) -> Result<(Duration, Duration), String> {
         return Err(format!("invalid value {} ({hint})", quote(s)));
     };
     if rest.is_empty() {
-        return Ok((crate::adaptive::DEFAULT_MIN, crate::adaptive::DEFAULT_MAX));
+        return Ok((
+            crate::rules::adaptive::DEFAULT_MIN,
+            crate::rules::adaptive::DEFAULT_MAX,
+        ));
     }
     let bounds = rest
         .strip_prefix(':')

@@ -79,13 +79,16 @@ m or h (250ms, 1.5s, 20s, 5m); a bare number means seconds.
 /// After the options in `--help`.
 const OUTRO: &str = "\
 Each stdin line is sent as one text message; each text message received is
-printed on stdout. Logs go to stderr, level from RUST_LOG (default info).
+printed on stdout (with --socket: written to every client of the socket,
+whose lines are sent like stdin's; systemd socket activation passes one).
+Logs go to stderr, level from RUST_LOG (default info).
 SIGTERM/SIGINT close with 1001 and exit 0; SIGHUP re-reads the files and
 reconnects.
 
 Exit codes: 0 stopped by a signal or --once succeeded; 1 gave up
 (--max-retries) or --once failed; 64 usage error; 78 unreadable or invalid
-file (CA, certificate, key or header file).
+file (CA, certificate, key or header file), or a --socket path in use or
+taken by another kind of file.
 ";
 
 /// The help text printed by `-h` / `--help`, rendered from the option table.

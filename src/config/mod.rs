@@ -5,13 +5,18 @@
 //!   drives the command line, the environment fallback and `--help`;
 //! - `argv`: the loop over the arguments and the `WSBEAT_*` fallback;
 //! - this module: [`Config`], [`parse`] and the checks across options;
-//! - `duration` and `target`: the DURATION and URL parsers (fuzzed).
+//! - `duration` and `target`: the DURATION and URL parsers (fuzzed);
+//! - `proxy`: which HTTP CONNECT proxy a target goes through;
+//! - `headers`: the `--header-file` format (fuzzed).
 
 mod argv;
 mod duration;
+pub mod headers;
 mod help;
 mod options;
+pub mod proxy;
 mod target;
+mod values;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -23,7 +28,7 @@ pub use self::help::{USAGE, Usage};
 use self::options::{OPTIONS, Opt};
 pub use self::target::{Target, parse_target};
 use crate::error::UsageError;
-use crate::proxy::Proxy;
+use proxy::Proxy;
 
 /// How a heartbeat is sent and recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +93,12 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// Follow the kernel's address and route changes (rtnetlink).
     pub link_watch: bool,
+    /// `--socket`: the local Unix socket for the device's programs.
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file wsbeat creates.
+    pub socket_mode: u32,
+    /// Local clients connected at once.
+    pub socket_max_clients: usize,
     /// Probe mode: one heartbeat, print its RTT, exit.
     pub once: bool,
     /// HTTP CONNECT proxy for this target (`--proxy` or the proxy variables), if any.
@@ -123,6 +134,9 @@ impl Config {
             status_file: None,
             metrics_file: None,
             link_watch: true,
+            socket: None,
+            socket_mode: 0o660,
+            socket_max_clients: 32,
             once: false,
             proxy: None,
         }
@@ -214,7 +228,7 @@ where
             ));
         }
     };
-    config.proxy = crate::proxy::select(sources.value(Opt::Proxy), &config.target, sources.env())?;
+    config.proxy = proxy::select(sources.value(Opt::Proxy), &config.target, sources.env())?;
     check(&config, &|opt| sources.origin(opt))?;
     Ok(Parsed::Run(Box::new(config)))
 }

@@ -3,12 +3,11 @@
 //! `--help` ([`USAGE`]); [`super::parse`] applies the entries in table order, so the
 //! first error reported does not depend on the order of the arguments.
 
-use std::path::PathBuf;
-
 use super::duration::{parse_auto, parse_duration};
 use super::help::Section;
-use super::{Config, HeartbeatMode, MAX_MESSAGE_SIZE_LIMIT, Parsed, parse_number, quote};
-use crate::headers::{TOKEN_PUNCTUATION, is_token_char, parse_header};
+use super::values::{number, path, socket_mode, subprotocols};
+use super::{Config, HeartbeatMode, MAX_MESSAGE_SIZE_LIMIT, Parsed, quote};
+use crate::config::headers::parse_header;
 
 /// An option, named in code: a misspelt option is a compile error, not a silent miss.
 /// Each has one entry in [`OPTIONS`].
@@ -38,6 +37,9 @@ pub(super) enum Opt {
     StatusFile,
     MetricsFile,
     NoLinkWatch,
+    Socket,
+    SocketMode,
+    SocketMaxClients,
     Once,
     Help,
     Version,
@@ -123,56 +125,6 @@ impl Spec {
 /// `WSBEAT_` + `name` in upper case with `-` as `_`.
 pub(super) fn env_name(name: &str) -> String {
     format!("WSBEAT_{}", name.to_ascii_uppercase().replace('-', "_"))
-}
-
-/// A path; empty is an error (an empty variable counts as unset before this).
-fn path(value: &str) -> Result<Option<PathBuf>, String> {
-    if value.is_empty() {
-        return Err("empty path".into());
-    }
-    Ok(Some(PathBuf::from(value)))
-}
-
-/// An unsigned whole number within `min..=max`; `hint` says what is allowed.
-fn number<T>(value: &str, min: T, max: T, hint: &str) -> Result<T, String>
-where
-    T: std::str::FromStr + PartialOrd,
-{
-    match parse_number::<T>(value) {
-        Some(n) if n >= min && n <= max => Ok(n),
-        _ => Err(format!("invalid number {} (use {hint})", quote(value))),
-    }
-}
-
-/// Whether `s` is an HTTP token (RFC 9110 `token`), as subprotocol names must be.
-fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(is_token_char)
-}
-
-/// Adds the comma-separated subprotocol names in `value`, each a token, none twice.
-fn subprotocols(config: &mut Config, value: &str) -> Result<(), String> {
-    let mut any = false;
-    for name in value
-        .split(',')
-        .map(str::trim_ascii)
-        .filter(|n| !n.is_empty())
-    {
-        any = true;
-        if !is_token(name) {
-            return Err(format!(
-                "invalid subprotocol {} (use letters, digits and {TOKEN_PUNCTUATION})",
-                quote(name)
-            ));
-        }
-        if config.subprotocols.iter().any(|known| known == name) {
-            return Err(format!("subprotocol {} given twice", quote(name)));
-        }
-        config.subprotocols.push(name.to_owned());
-    }
-    if !any {
-        return Err("empty subprotocol name".into());
-    }
-    Ok(())
 }
 
 /// Every option, in the order [`super::parse`] checks them; `--help` lists them by
@@ -512,6 +464,47 @@ pub(super) const OPTIONS: &[Spec] = &[
         default: None,
         section: Section::Data,
         help: &["do not follow the kernel's address and route", "changes"],
+    },
+    Spec {
+        opt: Opt::Socket,
+        name: "socket",
+        short: None,
+        takes: Takes::Value("PATH", |config, value| {
+            config.socket = path(value)?;
+            Ok(())
+        }),
+        default: None,
+        section: Section::Data,
+        help: &[
+            "local Unix socket: each line a client writes",
+            "is sent, each message received goes to every",
+            "client (instead of stdout)",
+        ],
+    },
+    Spec {
+        opt: Opt::SocketMode,
+        name: "socket-mode",
+        short: None,
+        takes: Takes::Value("MODE", |config, value| {
+            config.socket_mode = socket_mode(value)?;
+            Ok(())
+        }),
+        default: Some("0660"),
+        section: Section::Data,
+        help: &["octal mode of the socket file [{default}]"],
+    },
+    Spec {
+        opt: Opt::SocketMaxClients,
+        name: "socket-max-clients",
+        short: None,
+        takes: Takes::Value("N", |config, value| {
+            config.socket_max_clients =
+                number(value, 1, 1 << 16, "a whole number from 1 to 65536")?;
+            Ok(())
+        }),
+        default: Some("32"),
+        section: Section::Data,
+        help: &["local clients connected at once [{default}]"],
     },
     Spec {
         opt: Opt::Once,

@@ -1,10 +1,9 @@
 //! One connection: the socket its two threads share ([`socket`]), the reader
 //! ([`reader`]), the heartbeat thread that is also the only writer ([`writer`]),
-//! and the pure liveness rules they apply ([`liveness`]).
+//! and the byte and message counters ([`traffic`]). The rules they apply are
+//! pure and live in [`crate::rules`].
 
-pub mod heartbeat;
-pub mod liveness;
 pub mod reader;
 pub mod socket;
-pub mod unacked;
+pub mod traffic;
 pub mod writer;

@@ -12,11 +12,11 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use super::liveness::{self, Proof, SharedLiveness};
 use super::socket::{Drain, SharedSocket};
-use crate::delivery::{BATCH_BYTES, Delivery};
+use crate::connection::traffic::Traffic;
 use crate::events::{ConnId, Event, Observer};
-use crate::traffic::Traffic;
+use crate::local::delivery::{BATCH_BYTES, Delivery};
+use crate::rules::liveness::{self, Proof, SharedLiveness};
 
 /// Most messages drained per lock acquisition, so waiting writers get their turn;
 /// also at most [`BATCH_BYTES`] of text, so the reader holds little beyond the

@@ -27,7 +27,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use tungstenite::WebSocket;
 
-use crate::transport::Stream;
+use crate::net::stream::Stream;
 
 /// What the reader needs of a stream beyond reading and writing.
 pub trait Drain: Read + Write {

@@ -6,7 +6,7 @@
 //! It does not judge liveness: a thread that can block in a socket call cannot be
 //! trusted to time itself out (a TLS write that waits on a read, during a
 //! renegotiation, is bounded by no socket timeout). It records what it sends, and
-//! when it is inside a write, in the shared [`Liveness`](super::liveness::Liveness);
+//! when it is inside a write, in the shared [`Liveness`](crate::rules::liveness::Liveness);
 //! the supervisor judges from there and shuts the socket down under a stuck thread.
 //! Lines reach it through the [`Outbox`]: the first line of a burst wakes it, and
 //! it writes batches until the outbox is empty.
@@ -23,17 +23,17 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
-use super::heartbeat::Cadence;
-use super::liveness::{SharedLiveness, encode_ping, lock};
 use super::socket::SharedSocket;
-use super::unacked::{self, SentWindow};
-use crate::adaptive::{self, SharedAdaptive};
 use crate::config::HeartbeatMode;
+use crate::connection::traffic::Traffic;
 use crate::events::{ConnId, Event};
+use crate::local::outbox::Outbox;
+use crate::net::stream::Stream;
 use crate::os;
-use crate::outbox::Outbox;
-use crate::traffic::Traffic;
-use crate::transport::Stream;
+use crate::rules::adaptive::{self, SharedAdaptive};
+use crate::rules::heartbeat::Cadence;
+use crate::rules::liveness::{SharedLiveness, encode_ping, lock};
+use crate::rules::unacked::{self, SentWindow};
 
 /// What the supervisor (and the outbox) ask the heartbeat thread to do.
 #[derive(Debug)]

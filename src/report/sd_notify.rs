@@ -140,7 +140,7 @@ pub fn watchdog_interval(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status_file::test_support::TempDir;
+    use crate::report::status_file::test_support::TempDir;
 
     fn receive(server: &UnixDatagram) -> String {
         server

@@ -244,7 +244,7 @@ impl Adaptive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backoff::SplitMix64;
+    use crate::rules::backoff::SplitMix64;
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
@@ -295,7 +295,7 @@ mod tests {
         }
 
         fn random_below(&mut self, max: Duration) -> Duration {
-            use crate::backoff::Random;
+            use crate::rules::backoff::Random;
             self.random.below(max)
         }
 

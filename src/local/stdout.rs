@@ -3,7 +3,7 @@
 //! A plain `write(2)` to a pipe nobody reads blocks until the reader of the pipe
 //! reads, which may be never (`wsbeat URL | sleep 1000`). [`StdoutLines`] runs on
 //! the delivery thread, so such a wait only pauses reading from the server (see
-//! [`crate::delivery`]); but at shutdown the thread must be joined. So every
+//! [`crate::local::delivery`]); but at shutdown the thread must be joined. So every
 //! write to a pipe, terminal or socket first waits in `poll(2)` for room, together
 //! with a private wake that [`Observer::interrupt`] signals, and writes at
 //! most `PIPE_BUF` bytes, which a pipe reported writable takes without blocking.

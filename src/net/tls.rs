@@ -12,7 +12,7 @@ use native_tls::{Certificate, HandshakeError, Identity, TlsConnector, TlsStream}
 
 use crate::config::Config;
 use crate::error::ConfigError;
-use crate::san::{self, HostNames};
+use crate::net::san::{self, HostNames};
 
 /// What builds TLS sessions for `wss://`: native-tls's connector, plus the host-name rule
 /// OpenSSL does not apply (RFC 9525: no fallback to the certificate's CN).

@@ -11,40 +11,37 @@
 //! always a `recv_timeout` until its next deadline, and it stays responsive to
 //! signals and the watchdog whatever the network does.
 
+mod attempt;
+mod serve;
+
+use self::attempt::Attempt;
+use self::serve::Active;
+
 use std::collections::{HashMap, VecDeque};
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsFd;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use tungstenite::protocol::WebSocketConfig;
-
-use crate::adaptive::{self, Adaptive, SharedAdaptive};
-use crate::backoff::{Backoff, Random, SplitMix64};
-use crate::config::{Config, HeartbeatMode};
-use crate::connection::heartbeat::Cadence;
-use crate::connection::liveness::{self, Liveness, SharedLiveness, Verdict};
-use crate::connection::reader::Reader;
-use crate::connection::socket::SharedSocket;
-use crate::connection::unacked::SentWindow;
-use crate::connection::writer::{Command, PingPlan, WRITE_BATCH_BYTES, Writer};
-use crate::delivery::{self, Delivery};
-use crate::error::{ConfigError, ConnectError, Stage};
+use crate::config::Config;
+use crate::config::headers::read_header_file;
+use crate::connection::traffic::Traffic;
+use crate::connection::writer::Command;
+use crate::error::{ConfigError, ConnectError};
 pub use crate::events::{ConnId, Ending, Event, Observer};
-use crate::headers::read_header_file;
-use crate::linkwatch::{self, LinkEvent, LinkWatch};
-use crate::machine::{Action, CLOSE_DRAIN, Input, Machine, Settings};
-use crate::metrics;
-use crate::os;
-use crate::outbox::Outbox;
+use crate::local::delivery::{self, Delivery};
+use crate::local::outbox::Outbox;
+use crate::net::linkwatch::{LinkEvent, LinkWatch};
+use crate::net::stream::Connection;
+use crate::net::tls::{Connector, TlsFiles};
+use crate::report::metrics;
+use crate::report::sd_notify::{Notifier, Notify};
+use crate::report::status_file::{LocalCounts, StatusFile};
 use crate::report::{Facts, Report};
-use crate::sd_notify::{Notifier, Notify};
-use crate::status_file::StatusFile;
-use crate::tls::{Connector, TlsFiles};
-use crate::traffic::Traffic;
-use crate::transport::{self, Abort, Connection, Dial};
+use crate::rules::adaptive::{self, Adaptive, SharedAdaptive};
+use crate::rules::backoff::{Backoff, Random, SplitMix64};
+use crate::rules::liveness;
+use crate::rules::machine::{Action, Input, Machine, Settings};
 
 /// How long any ending other than a stop waits for abandoned connect threads (stuck
 /// in DNS) and for the output to drain.
@@ -83,7 +80,20 @@ impl Handle {
     pub fn input_closed(&self) {
         let _ = self.0.send(Event::InputClosed);
     }
+
+    /// The queue [`send`](Handle::send) fills (the local socket offers lines without waiting).
+    pub(crate) fn outbox(&self) -> Arc<Outbox> {
+        Arc::clone(&self.1)
+    }
+
+    /// The local socket's counts changed: write the status again.
+    pub(crate) fn local_changed(&self) {
+        let _ = self.0.send(Event::LocalChanged);
+    }
 }
+
+/// Reads the local socket's counts for the status file.
+pub(crate) type LocalCountsReader = Box<dyn Fn() -> LocalCounts + Send>;
 
 /// systemd integration, read from the environment by the caller.
 #[derive(Default)]
@@ -92,29 +102,6 @@ pub struct Systemd {
     pub notifier: Option<Notifier>,
     /// Half of `WATCHDOG_USEC`.
     pub watchdog: Option<Duration>,
-}
-
-/// A live connection and the two threads serving it.
-struct Active {
-    conn: ConnId,
-    /// The connection's local address and its interface, for the link watch.
-    local: Option<(std::net::IpAddr, Option<u32>)>,
-    tcp: TcpStream,
-    commands: Sender<Command>,
-    reader: JoinHandle<()>,
-    /// Returns the lines sent and not known acknowledged.
-    heartbeat: JoinHandle<Option<SentWindow>>,
-    /// Disconnects when the heartbeat thread has ended: a bounded wait for it.
-    heartbeat_done: Receiver<()>,
-    liveness: SharedLiveness,
-    /// The heartbeat thread's plan, to judge its answers by the same rule.
-    plan: PingPlan,
-}
-
-/// A connect thread and the handle that cuts its handshakes short.
-struct Attempt {
-    thread: JoinHandle<()>,
-    abort: Arc<Abort>,
 }
 
 /// The reconnect loop. Build with [`Supervisor::new`], then [`Supervisor::run`].
@@ -147,6 +134,8 @@ pub struct Supervisor {
     adaptive: Option<SharedAdaptive>,
     /// The kernel's address and route changes; started by `run`.
     link_watch: Option<LinkWatch>,
+    /// With a local socket: its counts, for the status file.
+    local_counts: Option<LocalCountsReader>,
 }
 
 impl Supervisor {
@@ -193,7 +182,14 @@ impl Supervisor {
             traffic: Arc::new(Traffic::default()),
             adaptive,
             link_watch: None,
+            local_counts: None,
         })
+    }
+
+    /// Reports the local socket's counts (`local_clients=` ...).
+    pub(crate) fn with_local_counts(mut self, counts: LocalCountsReader) -> Supervisor {
+        self.local_counts = Some(counts);
+        self
     }
 
     /// Reports to systemd while running.
@@ -359,6 +355,12 @@ impl Supervisor {
                 log::debug!("stdin closed; the connection stays up");
                 return None;
             }
+            Event::LocalChanged => {
+                // Like a state change: written at once (the socket thread spaces them).
+                let facts = self.facts();
+                self.report.publish(&facts, self.observer.as_ref());
+                return None;
+            }
             Event::Reload => Input::Reload {
                 writes_idle: self.outbox.is_idle(),
             },
@@ -375,26 +377,6 @@ impl Supervisor {
             }
         }
         Input::Dead { conn, reason }
-    }
-
-    /// Judges the live connection from the bookkeeping its threads share (never
-    /// from inside a socket call, so a thread stuck in one cannot hold the verdict
-    /// back): dead, or when to look again.
-    fn check_liveness(&mut self, conn: ConnId) -> Option<Input> {
-        let active = self.active.as_ref().filter(|active| active.conn == conn)?;
-        let now = Instant::now();
-        let (next_ping, _) = active.plan.next_ping(&active.liveness, now);
-        let verdict = liveness::lock(&active.liveness).verdict(now, next_ping, self.write_bound());
-        Some(match verdict {
-            Verdict::Alive(at) => Input::LivenessAt { conn, at },
-            Verdict::Dead(reason, idle) => self.dead(conn, reason, idle),
-        })
-    }
-
-    /// Bound on every write: `--pong-timeout`, but at least a second, so a short
-    /// timeout does not fail writes on a merely slow link.
-    fn write_bound(&self) -> Duration {
-        self.config.pong_timeout.max(Duration::from_secs(1))
     }
 
     /// Carries out `actions` in order, feeding what they report back to the machine.
@@ -475,247 +457,6 @@ impl Supervisor {
         None
     }
 
-    /// Starts attempt `conn`; reports its deadline, or why it could not start.
-    fn dial(&mut self, conn: ConnId) -> Input {
-        if let Some(path) = &self.config.header_file {
-            // Re-read on every attempt so a rotated token is used without a restart.
-            match read_header_file(path) {
-                Ok(headers) => self.file_headers = headers,
-                Err(err) => log::error!("{err}; using the headers read before"),
-            }
-        }
-        if self.config.target.tls && self.connector.is_none() {
-            match self.tls_files.connector() {
-                Ok(connector) => self.connector = Some(connector),
-                Err(err) => {
-                    let error = ConnectError::Tls(err);
-                    return Input::ConnectFailed { conn, error };
-                }
-            }
-        }
-        if self.tls_files.insecure() && self.config.target.tls {
-            log::warn!("--insecure: the server's certificate is not verified");
-        }
-        let mut headers = self.config.headers.clone();
-        headers.extend(self.file_headers.iter().cloned());
-        let target = self.config.target.clone();
-        let subprotocols = self.config.subprotocols.clone();
-        let connector = self.connector.clone();
-        let proxy = self.config.proxy.clone();
-        let ws_config = ws_config(&self.config);
-        let write_timeout = self.write_bound();
-        // From now, not from when the machine decided: building the first TLS connector
-        // (system roots, OpenSSL start-up) can take a second on a small board and is not
-        // the network's time.
-        let deadline = Instant::now() + self.config.connect_timeout;
-        let events = self.events.clone();
-        let traffic = Arc::clone(&self.traffic);
-        let abort = Arc::new(Abort::default());
-        let abort_handle = Arc::clone(&abort);
-        let spawned = thread::Builder::new()
-            .name("wsbeat-connect".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || {
-                let dial = Dial {
-                    target: &target,
-                    headers: &headers,
-                    subprotocols: &subprotocols,
-                    tls: connector.as_ref(),
-                    ws_config,
-                    write_timeout,
-                    traffic: &traffic,
-                    proxy: proxy.as_ref(),
-                };
-                let result = transport::connect(&dial, deadline, &abort_handle).map(Box::new);
-                let _ = events.send(Event::Connected { conn, result });
-            });
-        match spawned {
-            Ok(thread) => {
-                log::debug!(
-                    "connecting to {} (attempt {conn})",
-                    self.config.target.shown()
-                );
-                self.attempts.insert(conn, Attempt { thread, abort });
-                Input::Dialing { conn, deadline }
-            }
-            Err(err) => Input::ConnectFailed {
-                conn,
-                error: ConnectError::Tcp(err),
-            },
-        }
-    }
-
-    /// Cuts attempt `conn` short; its thread is joined when its result arrives.
-    /// Returns the stage it had reached, for a timeout's message.
-    fn abandon(&mut self, conn: ConnId) -> Stage {
-        match self.attempts.get(&conn) {
-            Some(attempt) => {
-                attempt.abort.abort();
-                attempt.abort.stage()
-            }
-            None => Stage::Resolve,
-        }
-    }
-
-    /// Serves `connection`: its reader and heartbeat threads, and the outbox's wake-ups.
-    fn activate(&mut self, conn: ConnId, connection: Connection) -> Result<(), ConnectError> {
-        match &connection.subprotocol {
-            Some(protocol) => log::info!(
-                "connected to {} (subprotocol {protocol})",
-                self.config.target.shown()
-            ),
-            None => log::info!("connected to {}", self.config.target.shown()),
-        }
-        let Connection { ws, tcp, .. } = connection;
-        let socket = Arc::new(SharedSocket::new(ws));
-        // Probe mode needs the round trip of its own heartbeat, so only a matching answer counts.
-        let strict = self.config.strict_pong || self.config.once;
-        let liveness: SharedLiveness = Arc::new(Mutex::new(Liveness::new(
-            self.config.heartbeat,
-            strict,
-            self.config.pong_timeout,
-            Instant::now(),
-        )));
-        let (commands, command_inbox) = mpsc::channel();
-        let wait_on = tcp.try_clone().map_err(ConnectError::Tcp)?;
-        let reader = Reader {
-            conn,
-            socket: Arc::clone(&socket),
-            wait_on,
-            pong_text: (self.config.heartbeat == HeartbeatMode::Text)
-                .then(|| self.config.pong_text.clone()),
-            observer: Arc::clone(&self.observer),
-            delivery: Arc::clone(&self.delivery),
-            generation: self.delivery.generation(),
-            liveness: Arc::clone(&liveness),
-            events: self.events.clone(),
-            traffic: Arc::clone(&self.traffic),
-        };
-        let plan = PingPlan {
-            cadence: Cadence {
-                interval: self.config.ping_interval,
-                immediate: self.config.once,
-            },
-            mode: self.config.heartbeat,
-            ping_text: self.config.ping_text.clone(),
-            adaptive: self.adaptive.clone(),
-        };
-        let writer = Writer {
-            conn,
-            socket,
-            plan: plan.clone(),
-            tcp: tcp.try_clone().map_err(ConnectError::Tcp)?,
-            unacked_bytes: self.config.queue_bytes,
-            liveness: Arc::clone(&liveness),
-            outbox: Arc::clone(&self.outbox),
-            commands: command_inbox,
-            events: self.events.clone(),
-            traffic: Arc::clone(&self.traffic),
-        };
-        let reader = thread::Builder::new()
-            .name("wsbeat-reader".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || reader.run())
-            .inspect_err(|_| {
-                let _ = tcp.shutdown(Shutdown::Both);
-            })
-            .map_err(ConnectError::Tcp)?;
-        let (done, heartbeat_done) = mpsc::channel::<()>();
-        let heartbeat = thread::Builder::new()
-            .name("wsbeat-heartbeat".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || {
-                let unacknowledged = writer.run();
-                drop(done);
-                unacknowledged
-            });
-        let heartbeat = match heartbeat {
-            Ok(heartbeat) => heartbeat,
-            Err(err) => {
-                let _ = tcp.shutdown(Shutdown::Both);
-                let _ = reader.join();
-                return Err(ConnectError::Tcp(err));
-            }
-        };
-        // From here on the outbox wakes the writer when lines wait (at once if some
-        // queued up during the outage).
-        let wake = commands.clone();
-        self.outbox.attach(Box::new(move || {
-            let _ = wake.send(Command::Wake);
-        }));
-        self.report.connection_started();
-        let local = tcp.local_addr().ok().map(|addr| {
-            let ip = addr.ip();
-            (ip, linkwatch::interface_of(ip))
-        });
-        self.active = Some(Active {
-            conn,
-            local,
-            tcp,
-            commands,
-            reader,
-            heartbeat,
-            heartbeat_done,
-            liveness,
-            plan,
-        });
-        Ok(())
-    }
-
-    /// Ends the live connection and joins its threads. `graceful` lets queued
-    /// writes (a Close) go out first, for at most [`CLOSE_DRAIN`]; otherwise the
-    /// socket is shut down at once, because a dead peer will never take them.
-    /// Either way the socket is shut down before any join, so a thread blocked in
-    /// a socket call (a TLS write waiting on a read) cannot hold the join up.
-    fn teardown(&mut self, graceful: bool) {
-        let Some(active) = self.active.take() else {
-            return;
-        };
-        let Active {
-            tcp,
-            commands,
-            reader,
-            heartbeat,
-            heartbeat_done,
-            ..
-        } = active;
-        // Lines go back to drop-oldest mode, and a reader waiting for room in the
-        // output buffer is released; the outbox also drops its waker, the writer's
-        // last command sender besides ours.
-        self.outbox.detach();
-        self.delivery.end_connection();
-        if !graceful {
-            let _ = tcp.shutdown(Shutdown::Both);
-        }
-        drop(commands);
-        if graceful {
-            // Ends early when the thread has ended (its sender dropped).
-            let _ = heartbeat_done.recv_timeout(CLOSE_DRAIN);
-        }
-        let _ = tcp.shutdown(Shutdown::Both);
-        let window = heartbeat.join().ok().flatten();
-        let _ = reader.join();
-        if let Some(window) = window {
-            self.resend_unacknowledged(&tcp, window);
-        }
-    }
-
-    /// Lines the dead connection's peer never acknowledged go back to the front of
-    /// the queue, for the next connection. The kernel's count is read now, before
-    /// the socket is closed; a shutdown does not change it.
-    fn resend_unacknowledged(&mut self, tcp: &TcpStream, window: SentWindow) {
-        let lines = window.unacknowledged(os::tcp_bytes_acked(tcp.as_fd()));
-        if lines.is_empty() {
-            return;
-        }
-        let count = lines.len();
-        let kept = self.outbox.resend(lines);
-        Traffic::add(&self.traffic.resent, kept as u64);
-        log::info!(
-            "{count} line(s) sent but not acknowledged by the peer's TCP; {kept} queued to send again"
-        );
-    }
-
     fn finish(mut self, ending: Ending) -> Ending {
         if let Some(watch) = self.link_watch.take() {
             watch.stop();
@@ -786,6 +527,7 @@ impl Supervisor {
             bytes_received: Traffic::get(&self.traffic.bytes_received),
             messages_sent: Traffic::get(&self.traffic.messages_sent),
             messages_received: Traffic::get(&self.traffic.messages_received),
+            local: self.local_counts.as_ref().map(|counts| counts()),
         }
     }
 
@@ -815,20 +557,4 @@ struct Silent;
 
 impl Observer for Silent {
     fn message(&self, _text: &str) {}
-}
-
-fn ws_config(config: &Config) -> WebSocketConfig {
-    WebSocketConfig::default()
-        // Small buffers: a device holds one connection, and messages are typically small.
-        .read_buffer_size(4096)
-        // Lines are written in batches with one flush; Pings, Pongs and Closes flush at once.
-        .write_buffer_size(WRITE_BATCH_BYTES)
-        .max_write_buffer_size(
-            config
-                .max_message_size
-                .saturating_add(WRITE_BATCH_BYTES)
-                .saturating_add(64 * 1024),
-        )
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_message_size))
 }

@@ -143,6 +143,11 @@ struct State {
     dropped: u64,
     /// Producers waiting for room.
     waiting: usize,
+    /// Called once when room appears after a [`Outbox::try_push`] was refused
+    /// (the local socket's thread, which cannot wait on the condition variable).
+    room_waker: Option<Waker>,
+    /// A `try_push` was refused and its producer has not been woken since.
+    room_wanted: bool,
 }
 
 /// The shared queue. See the module documentation.
@@ -164,6 +169,8 @@ impl Outbox {
                 closed: false,
                 dropped: 0,
                 waiting: 0,
+                room_waker: None,
+                room_wanted: false,
             }),
             room: Condvar::new(),
             max_lines,
@@ -211,6 +218,49 @@ impl Outbox {
         true
     }
 
+    /// Like [`push`](Outbox::push), but never waits: connected and full, the line
+    /// comes back (`Err`) and the waker given to
+    /// [`set_room_waker`](Outbox::set_room_waker) is called once room appears.
+    /// A closed outbox discards the line (`Ok`).
+    pub fn try_push(&self, line: String) -> Result<(), String> {
+        let mut state = self.lock();
+        if state.closed {
+            return Ok(());
+        }
+        let connected = state.writer.is_some();
+        match state.queue.admit(line, connected) {
+            Ok(dropped) => self.count_dropped(&mut state, dropped),
+            Err(refused) => {
+                state.room_wanted = true;
+                return Err(refused);
+            }
+        }
+        if !state.woken && state.writer.is_some() {
+            state.woken = true;
+            if let Some(wake) = &state.writer {
+                wake();
+            }
+        }
+        Ok(())
+    }
+
+    /// Who [`try_push`](Outbox::try_push) wakes when room appears.
+    pub fn set_room_waker(&self, waker: Waker) {
+        self.lock().room_waker = Some(waker);
+    }
+
+    /// Room appeared (lines taken, the connection gone, the outbox closed).
+    fn made_room(&self, state: &mut State) {
+        if state.waiting > 0 {
+            self.room.notify_all();
+        }
+        if std::mem::take(&mut state.room_wanted) {
+            if let Some(wake) = &state.room_waker {
+                wake();
+            }
+        }
+    }
+
     fn count_dropped(&self, state: &mut State, dropped: usize) {
         if dropped == 0 {
             return;
@@ -248,6 +298,7 @@ impl Outbox {
         let dropped = state.queue.enforce_bounds();
         self.count_dropped(&mut state, dropped);
         self.room.notify_all();
+        self.made_room(&mut state);
     }
 
     /// Refuses every later line and releases waiting producers (the client is stopping).
@@ -255,6 +306,7 @@ impl Outbox {
         let mut state = self.lock();
         state.closed = true;
         self.room.notify_all();
+        self.made_room(&mut state);
     }
 
     /// For the writer: the next lines to send, within `budget` bytes (at least
@@ -271,9 +323,7 @@ impl Outbox {
             state.woken = false;
         } else {
             state.writing += 1;
-            if state.waiting > 0 {
-                self.room.notify_all();
-            }
+            self.made_room(&mut state);
         }
         taken
     }
@@ -470,6 +520,33 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         outbox.close();
         assert!(!producer.join().unwrap());
+    }
+
+    #[test]
+    fn try_push_gives_a_refused_line_back_and_wakes_its_producer_when_room_appears() {
+        let outbox = Outbox::new(2, usize::MAX);
+        let rooms = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&rooms);
+        outbox.set_room_waker(Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        outbox.attach(Box::new(|| {}));
+        assert_eq!(outbox.try_push("a".into()), Ok(()));
+        assert_eq!(outbox.try_push("b".into()), Ok(()));
+        assert_eq!(outbox.try_push("c".into()), Err("c".to_string()));
+        assert_eq!(rooms.load(Ordering::SeqCst), 0);
+        assert_eq!(outbox.take(1), ["a"]);
+        assert_eq!(rooms.load(Ordering::SeqCst), 1, "woken once room appears");
+        assert_eq!(outbox.try_push("c".into()), Ok(()));
+        // Taking more wakes nobody: no refused line waits.
+        outbox.take(usize::MAX);
+        assert_eq!(rooms.load(Ordering::SeqCst), 1);
+        // Disconnected, drop-oldest: never refused.
+        outbox.detach();
+        for n in 0..5 {
+            assert_eq!(outbox.try_push(n.to_string()), Ok(()));
+        }
+        assert_eq!(outbox.dropped(), 3);
     }
 
     #[test]

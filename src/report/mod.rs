@@ -2,13 +2,23 @@
 //! file, systemd's `STATUS=` and the observer's state callback, all from one
 //! [`Facts`] gathered by the supervisor. It decides what a refresh must write;
 //! the supervisor only says when.
+//!
+//! - `status_file`: the `key=value` state file, replaced atomically;
+//! - `metrics`: the Prometheus textfile;
+//! - `sd_notify`: systemd's notification socket and watchdog;
+//! - `logging`: stderr lines, with journald priorities under systemd.
+
+pub mod logging;
+pub mod metrics;
+pub mod sd_notify;
+pub mod status_file;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use self::metrics::{FailureReason, Snapshot};
+use self::sd_notify::{Notifier, Notify};
+use self::status_file::{LocalCounts, State, Status, StatusFile};
 use crate::events::Observer;
-use crate::metrics::{self, FailureReason, Snapshot};
-use crate::sd_notify::{Notifier, Notify};
-use crate::status_file::{State, Status, StatusFile};
 
 /// The current facts, as the supervisor knows them at a publish.
 #[derive(Debug, Clone)]
@@ -39,6 +49,8 @@ pub struct Facts {
     pub messages_sent: u64,
     /// Messages received.
     pub messages_received: u64,
+    /// With a local socket: its counts.
+    pub local: Option<LocalCounts>,
 }
 
 /// The reporting side of the supervisor.
@@ -76,6 +88,7 @@ impl Report {
                 heartbeats: 0,
                 bytes_sent: 0,
                 bytes_received: 0,
+                local: None,
             },
             url,
             reported_rtt: None,
@@ -121,6 +134,7 @@ impl Report {
             || facts.heartbeats != status.heartbeats
             || facts.resent != status.resent
             || facts.bytes_received != status.bytes_received
+            || facts.local != status.local
             || facts.ping_interval.as_millis() as u64 != status.ping_interval_ms;
         if changed {
             self.publish(facts, observer);
@@ -148,6 +162,7 @@ impl Report {
         status.resent = facts.resent;
         status.bytes_sent = facts.bytes_sent;
         status.bytes_received = facts.bytes_received;
+        status.local = facts.local;
         self.notify(&[Notify::Status(self.describe())]);
         observer.state(&self.status);
         if let Some(file) = &self.status_file {
@@ -179,6 +194,7 @@ impl Report {
             dropped: status.dropped,
             resent: status.resent,
             state_since_seconds: status.since_unix_ms as f64 / 1000.0,
+            local: status.local,
             ..self.failures.clone()
         }
     }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::dial::Wake;
+use crate::net::dial::Wake;
 use crate::os;
 
 /// What the kernel reported.
@@ -591,7 +591,7 @@ mod tests {
 
     /// The datagrams of `testdata/rtnetlink-veth.hex` (captured from a real kernel).
     fn captured() -> Vec<Vec<u8>> {
-        include_str!("../testdata/rtnetlink-veth.hex")
+        include_str!("../../testdata/rtnetlink-veth.hex")
             .lines()
             .filter(|line| !line.starts_with('#') && !line.is_empty())
             .map(|line| {

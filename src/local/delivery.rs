@@ -17,7 +17,7 @@
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use crate::outbox::LineQueue;
+use crate::local::outbox::LineQueue;
 
 struct State {
     /// The outbox's byte-bounded queue, used connected-style: full means wait.
@@ -90,6 +90,9 @@ impl Delivery {
                 if let Some(on_full) = on_full.take() {
                     on_full();
                 }
+                // What this call queued so far must reach an idle delivery thread
+                // now, or both would wait for each other (a batch over the bound).
+                self.ready.notify_one();
                 state.waiting += 1;
                 state = self
                     .room
@@ -233,6 +236,37 @@ mod tests {
         assert_eq!(got[0], "0000");
         assert_eq!(got[199], "0099");
         assert!(paused.load(Ordering::SeqCst), "the reader had to wait");
+    }
+
+    #[test]
+    fn one_batch_larger_than_the_buffer_reaches_an_idle_delivery_thread() {
+        let delivery = Arc::new(Delivery::new(10));
+        let worker = {
+            let delivery = Arc::clone(&delivery);
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                run(&delivery, |batch| got.extend_from_slice(batch));
+                got
+            })
+        };
+        // The delivery thread is asleep waiting for messages when the batch comes.
+        std::thread::sleep(Duration::from_millis(50));
+        let (done, pushed) = std::sync::mpsc::channel();
+        {
+            let delivery = Arc::clone(&delivery);
+            std::thread::spawn(move || {
+                let mut batch: Vec<String> = (0..10).map(|n| format!("m{n:04}")).collect();
+                delivery.push(&mut batch, delivery.generation(), || {});
+                let _ = done.send(());
+            });
+        }
+        assert!(
+            pushed.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "the reader and the delivery thread wait for each other"
+        );
+        assert!(delivery.wait_drained(Instant::now() + Duration::from_secs(5)));
+        delivery.close();
+        assert_eq!(worker.join().unwrap().len(), 10);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `--metrics-file`: the client's figures in the Prometheus text exposition format,
 //! for node_exporter's textfile collector. Rendering is pure; the file is replaced
-//! atomically together with the status file (see [`crate::status_file`]).
+//! atomically together with the status file (see [`crate::report::status_file`]).
 
 use std::fmt::Write as _;
 
 use crate::error::ConnectError;
+use crate::report::status_file::LocalCounts;
 
 /// Why an attempt failed, as the `reason` label says it: a small fixed set, so a
 /// fleet's dashboards can sum over devices.
@@ -93,6 +94,8 @@ pub struct Snapshot {
     pub resent: u64,
     /// When the current state began, seconds since the Unix epoch.
     pub state_since_seconds: f64,
+    /// With a local socket (`--socket`) only: its counts.
+    pub local: Option<LocalCounts>,
 }
 
 impl Snapshot {
@@ -223,7 +226,43 @@ pub fn render(s: &Snapshot) -> String {
         "wsbeat_state_since_timestamp_seconds {:.3}",
         s.state_since_seconds
     );
+    if let Some(local) = &s.local {
+        render_local(&mut out, local);
+    }
     out
+}
+
+/// The local socket's metrics.
+fn render_local(out: &mut String, local: &LocalCounts) {
+    metric(
+        out,
+        "wsbeat_local_clients",
+        "gauge",
+        "Programs connected to the local socket now.",
+    );
+    let _ = writeln!(out, "wsbeat_local_clients {}", local.clients);
+    metric(
+        out,
+        "wsbeat_undelivered_messages_total",
+        "counter",
+        "Received messages dropped while no local client was connected.",
+    );
+    let _ = writeln!(
+        out,
+        "wsbeat_undelivered_messages_total {}",
+        local.undelivered
+    );
+    metric(
+        out,
+        "wsbeat_local_lagging_disconnects_total",
+        "counter",
+        "Local clients disconnected for falling more than --queue-bytes behind.",
+    );
+    let _ = writeln!(
+        out,
+        "wsbeat_local_lagging_disconnects_total {}",
+        local.lagging
+    );
 }
 
 #[cfg(test)]
@@ -269,6 +308,32 @@ mod tests {
         assert!(text.contains("wsbeat_bytes_total{direction=\"received\"} 13988\n"));
         assert!(text.contains("wsbeat_heartbeat_rtt_seconds 0.0123\n"));
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn the_local_socket_metrics_only_with_a_local_socket() {
+        let names = [
+            "wsbeat_local_clients",
+            "wsbeat_undelivered_messages_total",
+            "wsbeat_local_lagging_disconnects_total",
+        ];
+        let text = render(&Snapshot::default());
+        assert!(names.iter().all(|name| !text.contains(name)), "{text}");
+        let text = render(&Snapshot {
+            local: Some(LocalCounts {
+                clients: 3,
+                undelivered: 7,
+                lagging: 1,
+            }),
+            ..Snapshot::default()
+        });
+        for name in names {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        }
+        assert!(text.contains("\nwsbeat_local_clients 3\n"));
+        assert!(text.contains("\nwsbeat_undelivered_messages_total 7\n"));
+        assert!(text.contains("\nwsbeat_local_lagging_disconnects_total 1\n"));
     }
 
     #[test]

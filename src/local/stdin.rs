@@ -113,15 +113,23 @@ pub struct LineSplitter {
     line: Vec<u8>,
     /// The current line grew past `max_line`; skip to the next newline.
     dropping: bool,
+    /// Where the lines come from, for the warning about a dropped line.
+    source: String,
 }
 
 impl LineSplitter {
     /// A splitter that drops lines longer than `max_line` bytes (without newline).
     pub fn new(max_line: usize) -> LineSplitter {
+        Self::named(max_line, "stdin")
+    }
+
+    /// A splitter whose warnings name `source` (a local client and its PID).
+    pub fn named(max_line: usize, source: impl Into<String>) -> LineSplitter {
         LineSplitter {
             max_line,
             line: Vec::new(),
             dropping: false,
+            source: source.into(),
         }
     }
 
@@ -155,7 +163,11 @@ impl LineSplitter {
     }
 
     fn drop_line(&mut self) {
-        log::warn!("stdin: dropping a line longer than {} bytes", self.max_line);
+        log::warn!(
+            "{}: dropping a line longer than {} bytes",
+            self.source,
+            self.max_line
+        );
         self.dropping = true;
         self.line = Vec::new(); // give the memory back
     }

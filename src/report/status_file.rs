@@ -17,36 +17,12 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::backoff::SplitMix64;
+use crate::rules::backoff::SplitMix64;
+pub use crate::rules::machine::State;
 
 /// Names tried for a temporary file before giving up; another is only needed when a name
 /// exists already, i.e. someone planted or guessed one.
 const TEMP_ATTEMPTS: usize = 16;
-
-/// The connection state named by `state=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Resolving, connecting, TLS or upgrade in progress.
-    Connecting,
-    /// Upgraded; heartbeats are running.
-    Connected,
-    /// Waiting before the next connection attempt.
-    Backoff,
-    /// Shut down (signal, `--max-retries` exhausted).
-    Stopped,
-}
-
-impl State {
-    /// The word written to the file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Connecting => "connecting",
-            State::Connected => "connected",
-            State::Backoff => "backoff",
-            State::Stopped => "stopped",
-        }
-    }
-}
 
 /// Everything the status file holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,9 +51,23 @@ pub struct Status {
     pub bytes_sent: u64,
     /// Bytes read from the socket since start.
     pub bytes_received: u64,
+    /// With a local socket (`--socket`) only: its counts.
+    pub local: Option<LocalCounts>,
 }
 
-/// The file's text for `status`: twelve `key=value` lines, each ending in `\n`.
+/// The local socket's counts (`--socket`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalCounts {
+    /// Clients connected now.
+    pub clients: u64,
+    /// Received messages dropped while no client was connected.
+    pub undelivered: u64,
+    /// Clients disconnected for falling behind.
+    pub lagging: u64,
+}
+
+/// The file's text for `status`: twelve `key=value` lines (three more with a
+/// local socket), each ending in `\n`.
 pub fn render(status: &Status) -> String {
     let rtt = status
         .rtt_ms
@@ -104,6 +94,11 @@ pub fn render(status: &Status) -> String {
     line("resent", &status.resent.to_string());
     line("bytes_sent", &status.bytes_sent.to_string());
     line("bytes_received", &status.bytes_received.to_string());
+    if let Some(local) = &status.local {
+        line("local_clients", &local.clients.to_string());
+        line("undelivered", &local.undelivered.to_string());
+        line("lagging", &local.lagging.to_string());
+    }
     out
 }
 
@@ -271,6 +266,7 @@ mod tests {
             resent: 0,
             bytes_sent: 14230,
             bytes_received: 13988,
+            local: None,
         }
     }
 
@@ -290,6 +286,24 @@ mod tests {
              resent=0\n\
              bytes_sent=14230\n\
              bytes_received=13988\n"
+        );
+    }
+
+    #[test]
+    fn the_local_socket_counts_only_with_a_local_socket() {
+        assert!(!render(&sample()).contains("local_clients"));
+        let status = Status {
+            local: Some(LocalCounts {
+                clients: 2,
+                undelivered: 0,
+                lagging: 1,
+            }),
+            ..sample()
+        };
+        assert!(
+            render(&status).ends_with("\nlocal_clients=2\nundelivered=0\nlagging=1\n"),
+            "{}",
+            render(&status)
         );
     }
 

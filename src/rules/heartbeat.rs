@@ -56,7 +56,7 @@ impl Cadence {
 mod tests {
     use super::*;
     use crate::config::HeartbeatMode;
-    use crate::connection::liveness::{Proof, Verdict};
+    use crate::rules::liveness::{Proof, Verdict};
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
@@ -237,7 +237,7 @@ mod tests {
     fn pong_for(live: &Liveness, seq: u64, sent_at: Instant) -> Proof {
         let micros = sent_at.duration_since(live.base()).as_micros() as u64;
         Proof::Pong(tungstenite::Bytes::copy_from_slice(
-            &super::super::liveness::encode_ping(seq, micros),
+            &crate::rules::liveness::encode_ping(seq, micros),
         ))
     }
 }
