@@ -164,13 +164,7 @@ impl Pki {
         let ca_key = key();
         let ca = cert("wsbeat-test-ca", &ca_key, None, Kind::Ca, &[]);
         let server_key = key();
-        let server_cert = cert(
-            "localhost",
-            &server_key,
-            Some((&ca, &ca_key)),
-            server,
-            ips,
-        );
+        let server_cert = cert("localhost", &server_key, Some((&ca, &ca_key)), server, ips);
         let client_key = key();
         let client_cert = cert(
             "wsbeat-test-client",
