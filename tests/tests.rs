@@ -16,6 +16,7 @@ mod hostile;
 mod interop;
 mod link_watch;
 mod local_socket;
+mod lossless;
 mod manpage;
 mod nat;
 mod network;

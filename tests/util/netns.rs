@@ -209,6 +209,75 @@ impl Netns {
         ));
     }
 
+    /// The namespace's TCP sockets connected to `remote` (any state but LISTEN), from
+    /// `/proc/thread-self/net/tcp{,6}` read by a thread inside it.
+    pub fn tcp_flows_to(&self, remote: SocketAddr) -> Vec<TcpFlow> {
+        self.within(move || {
+            let table = if remote.is_ipv4() { "tcp" } else { "tcp6" };
+            let text = std::fs::read_to_string(format!("/proc/thread-self/net/{table}"))
+                .expect("read /proc/thread-self/net/tcp");
+            text.lines()
+                .skip(1)
+                .filter_map(TcpFlow::parse)
+                .filter(|flow| flow.remote == remote && flow.state != TCP_LISTEN)
+                .collect()
+        })
+    }
+
+    /// The one established TCP connection from this namespace to `remote`; panics unless
+    /// there is exactly one.
+    pub fn established_to(&self, remote: SocketAddr) -> TcpFlow {
+        let flows: Vec<TcpFlow> = self
+            .tcp_flows_to(remote)
+            .into_iter()
+            .filter(|flow| flow.state == TCP_ESTABLISHED)
+            .collect();
+        match flows.as_slice() {
+            [flow] => *flow,
+            _ => panic!("expected one established connection to {remote}, found {flows:?}"),
+        }
+    }
+
+    /// Silently drops the segments of one TCP flow, `local` ↔ `remote`, as seen from this
+    /// namespace: what it sends, and what it receives too unless `outbound_only`. No FIN,
+    /// no RST, nothing for either end to notice; other flows between the same hosts (a
+    /// reconnect) pass. The rules live in the nftables table `table`, removed with
+    /// [`Netns::delete_table`] (or with the namespace).
+    pub fn blackhole_flow(
+        &self,
+        table: &str,
+        local: SocketAddr,
+        remote: SocketAddr,
+        outbound_only: bool,
+    ) {
+        let family = if remote.is_ipv4() { "ip" } else { "ip6" };
+        let (raddr, rport, lport) = (remote.ip(), remote.port(), local.port());
+        let inbound = if outbound_only {
+            String::new()
+        } else {
+            format!(
+                "\tchain input {{\n\
+                 \t\ttype filter hook input priority 0; policy accept;\n\
+                 \t\t{family} saddr {raddr} tcp sport {rport} tcp dport {lport} drop\n\
+                 \t}}\n"
+            )
+        };
+        self.nft(&format!(
+            "table inet {table} {{\n\
+             \tchain output {{\n\
+             \t\ttype filter hook output priority 0; policy accept;\n\
+             \t\t{family} daddr {raddr} tcp dport {rport} tcp sport {lport} drop\n\
+             \t}}\n\
+             {inbound}\
+             }}\n"
+        ));
+    }
+
+    /// Removes the nftables table `table` (e.g. a [`Netns::blackhole_flow`]).
+    pub fn delete_table(&self, table: &str) {
+        self.nft(&format!("delete table inet {table}\n"));
+    }
+
     /// `/etc/netns/<name>/hosts`, which `ip netns exec` mounts over `/etc/hosts`.
     pub fn hosts(&self, entries: &[(&str, &str)]) {
         let etc = PathBuf::from(ETC_NETNS);
@@ -288,6 +357,63 @@ impl Drop for Netns {
             let _ = std::fs::remove_dir(ETC_NETNS);
         }
     }
+}
+
+/// `st` of a listening socket in `/proc/net/tcp`.
+const TCP_LISTEN: u8 = 0x0A;
+/// `st` of an established connection in `/proc/net/tcp`.
+pub const TCP_ESTABLISHED: u8 = 0x01;
+
+/// One line of `/proc/net/tcp{,6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpFlow {
+    /// Our end.
+    pub local: SocketAddr,
+    /// The peer.
+    pub remote: SocketAddr,
+    /// The kernel's state number (`TCP_ESTABLISHED`…).
+    pub state: u8,
+    /// Bytes written but not yet acknowledged by the peer (sent or not).
+    pub tx_queue: u64,
+}
+
+impl TcpFlow {
+    /// `sl local rem st tx_queue:rx_queue …`, addresses as the kernel prints them: the
+    /// network-order words of the address in hex as native integers, the port in hex.
+    fn parse(line: &str) -> Option<TcpFlow> {
+        let mut fields = line.split_whitespace().skip(1);
+        let local = parse_addr(fields.next()?)?;
+        let remote = parse_addr(fields.next()?)?;
+        let state = u8::from_str_radix(fields.next()?, 16).ok()?;
+        let tx_queue = u64::from_str_radix(fields.next()?.split(':').next()?, 16).ok()?;
+        Some(TcpFlow {
+            local,
+            remote,
+            state,
+            tx_queue,
+        })
+    }
+}
+
+fn parse_addr(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<[u8; 4]> = (0..addr.len() / 8)
+        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).map(u32::to_ne_bytes))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip: std::net::IpAddr = match words.as_slice() {
+        [w] => std::net::Ipv4Addr::from(*w).into(),
+        [a, b, c, d] => {
+            let mut octets = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                octets[i * 4..i * 4 + 4].copy_from_slice(&w[..]);
+            }
+            std::net::Ipv6Addr::from(octets).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Two namespaces joined by a veth pair: `dev` (10.231.0.1, fd00:231::1) and `srv`

@@ -54,6 +54,7 @@ fn cert(
     key: &PKey<Private>,
     issuer: Option<(&X509, &PKey<Private>)>,
     kind: Kind,
+    extra_ips: &[&str],
 ) -> X509 {
     let mut name = X509NameBuilder::new().expect("name");
     name.append_entry_by_nid(Nid::COMMONNAME, cn).expect("cn");
@@ -111,12 +112,12 @@ fn cert(
     }
     if kind == Kind::Server {
         let ctx = b.x509v3_context(issuer.map(|(c, _)| &**c), None);
-        let san = SubjectAlternativeName::new()
-            .dns("localhost")
-            .ip("127.0.0.1")
-            .ip("::1")
-            .build(&ctx)
-            .expect("san");
+        let mut san = SubjectAlternativeName::new();
+        san.dns("localhost").ip("127.0.0.1").ip("::1");
+        for ip in extra_ips {
+            san.ip(ip);
+        }
+        let san = san.build(&ctx).expect("san");
         b.append_extension(san).expect("ext");
     }
     let signer = issuer.map(|(_, k)| k).unwrap_or(key);
@@ -144,26 +145,33 @@ fn key_pem(k: &PKey<Private>) -> Vec<u8> {
 impl Pki {
     /// Generates a new CA, server and client certificate and writes them to a new temp dir.
     pub fn new() -> Pki {
-        Pki::generate(Kind::Server)
+        Pki::generate(Kind::Server, &[])
+    }
+
+    /// [`Pki::new`] with the server certificate also valid for `ips` (e.g. an address
+    /// inside a test network namespace).
+    pub fn with_server_ips(ips: &[&str]) -> Pki {
+        Pki::generate(Kind::Server, ips)
     }
 
     /// [`Pki::new`] with a server certificate that names `localhost` in its CN only (no
     /// subjectAltName), which OpenSSL would still match to the host name `localhost`.
     pub fn with_cn_only_server() -> Pki {
-        Pki::generate(Kind::ServerCnOnly)
+        Pki::generate(Kind::ServerCnOnly, &[])
     }
 
-    fn generate(server: Kind) -> Pki {
+    fn generate(server: Kind, ips: &[&str]) -> Pki {
         let ca_key = key();
-        let ca = cert("wsbeat-test-ca", &ca_key, None, Kind::Ca);
+        let ca = cert("wsbeat-test-ca", &ca_key, None, Kind::Ca, &[]);
         let server_key = key();
-        let server_cert = cert("localhost", &server_key, Some((&ca, &ca_key)), server);
+        let server_cert = cert("localhost", &server_key, Some((&ca, &ca_key)), server, ips);
         let client_key = key();
         let client_cert = cert(
             "wsbeat-test-client",
             &client_key,
             Some((&ca, &ca_key)),
             Kind::Client,
+            &[],
         );
         let dir = TempDir::new();
         Pki {

@@ -87,6 +87,9 @@ pub struct Behavior {
     pub with_101: Vec<u8>,
     /// Extra headers on the 101 response (e.g. an extension the client never offered).
     pub response_headers: Vec<(String, String)>,
+    /// Plain connections: stop reading once this many text messages have arrived, until
+    /// [`super::Server::close_after_draining`] says to read what the kernel holds and close.
+    pub stop_reading_after: Option<usize>,
 }
 
 impl Default for Behavior {
@@ -106,6 +109,7 @@ impl Default for Behavior {
             replies: Vec::new(),
             with_101: Vec::new(),
             response_headers: Vec::new(),
+            stop_reading_after: None,
         }
     }
 }
@@ -230,6 +234,12 @@ impl Behavior {
     /// that stops reading but keeps talking, so every Pong the client owes piles up).
     pub fn ping_flood(mut self) -> Behavior {
         self.ping_flood = true;
+        self
+    }
+
+    /// Stops reading after `texts` text messages (see the field of the same name).
+    pub fn stop_reading_after(mut self, texts: usize) -> Behavior {
+        self.stop_reading_after = Some(texts);
         self
     }
 

@@ -51,6 +51,14 @@ impl Io {
         }
     }
 
+    /// The TCP socket of a plain connection (its reading half).
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Io::Plain { read, .. } => Some(read),
+            Io::Tls { .. } => None,
+        }
+    }
+
     fn shutdown(&self) {
         let _ = match self {
             Io::Plain { read, .. } => read.shutdown(Shutdown::Both),
@@ -67,9 +75,59 @@ pub(super) struct Conn {
     closed_cv: Condvar,
     close_sent: AtomicBool,
     pings: Mutex<HashMap<Vec<u8>, Instant>>,
+    /// Set by [`Conn::close_after_draining`]: `Some(reset)` once asked.
+    drain: Mutex<Option<bool>>,
+    drain_cv: Condvar,
+}
+
+/// How a connection that stopped reading ends, once it has drained its receive buffer.
+fn end_drained(tcp: &TcpStream, reset: bool) {
+    if reset {
+        // connect(AF_UNSPEC) disconnects the socket itself, whatever other descriptors
+        // share it: from ESTABLISHED the kernel sends a RST (what SO_LINGER 0 and close
+        // would do, which needs every duplicate closed).
+        // SAFETY: a zeroed sockaddr with only the family set, of its own size.
+        let rc = unsafe {
+            let mut addr: libc::sockaddr = std::mem::zeroed();
+            addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+            libc::connect(
+                std::os::fd::AsRawFd::as_raw_fd(tcp),
+                &addr,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "disconnect: {}", io::Error::last_os_error());
+    } else {
+        let _ = tcp.shutdown(Shutdown::Both);
+    }
 }
 
 impl Conn {
+    /// Asks a connection that stopped reading ([`Behavior::stop_reading_after`]) to read
+    /// what its kernel holds, then close with a FIN, or a RST if `reset`.
+    pub(super) fn close_after_draining(&self, reset: bool) {
+        *lock(&self.drain) = Some(reset);
+        self.drain_cv.notify_all();
+    }
+
+    /// Waits until asked to drain (`Some(reset)`) or closed (`None`).
+    fn wait_drain(&self) -> Option<bool> {
+        let mut g = lock(&self.drain);
+        loop {
+            if let Some(reset) = *g {
+                return Some(reset);
+            }
+            if self.is_closed() {
+                return None;
+            }
+            g = self
+                .drain_cv
+                .wait_timeout(g, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     fn is_closed(&self) -> bool {
         *lock(&self.closed)
     }
@@ -162,6 +220,8 @@ pub(super) fn serve(sh: Arc<Shared>, id: usize, tcp: TcpStream, b: Behavior) {
         closed_cv: Condvar::new(),
         close_sent: AtomicBool::new(false),
         pings: Mutex::new(HashMap::new()),
+        drain: Mutex::new(None),
+        drain_cv: Condvar::new(),
     });
     lock(&sh.conns).insert(id, Arc::clone(&conn));
     if sh.stopping.load(Ordering::SeqCst) {
@@ -258,14 +318,29 @@ fn script_loop(conn: &Arc<Conn>, b: &Behavior) {
 fn read_loop(sh: Arc<Shared>, conn: Arc<Conn>, b: &Behavior) {
     let (pongs, echo) = (b.pongs, b.echo);
     let id = conn.id;
+    let mut texts = 0usize;
+    // While draining (after `stop_reading_after`): read until the kernel holds nothing
+    // more, record, answer nothing, then close as asked.
+    let mut draining: Option<bool> = None;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     // A message being reassembled from fragments: (opcode, data).
     let mut partial: Option<(u8, Vec<u8>)> = None;
     'outer: loop {
+        if draining.is_none() && b.stop_reading_after.is_some_and(|n| texts >= n) {
+            let Some(reset) = conn.wait_drain() else {
+                break;
+            };
+            let Some(tcp) = conn.io.plain_tcp() else {
+                panic!("stop_reading_after is for plain connections");
+            };
+            tcp.set_nonblocking(true).expect("nonblocking");
+            draining = Some(reset);
+        }
         let n = match conn.io.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => n,
+            Err(e) if draining.is_some() && e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -289,6 +364,15 @@ fn read_loop(sh: Arc<Shared>, conn: Arc<Conn>, b: &Behavior) {
                 Err(_) => break 'outer,
             };
             buf.drain(..used);
+            if draining.is_some() {
+                if opcode == OP_TEXT && fin {
+                    sh.emit(
+                        id,
+                        Kind::Text(String::from_utf8_lossy(&payload).into_owned()),
+                    );
+                }
+                continue;
+            }
             let r = match opcode {
                 OP_PING => {
                     sh.emit(id, Kind::Ping(payload.clone()));
@@ -342,6 +426,7 @@ fn read_loop(sh: Arc<Shared>, conn: Arc<Conn>, b: &Behavior) {
                                 None => Ok(()),
                             };
                             sh.emit(id, Kind::Text(t));
+                            texts += 1;
                             if echo {
                                 r.and_then(|_| conn.send_frame(OP_TEXT, &data))
                             } else {
@@ -365,6 +450,9 @@ fn read_loop(sh: Arc<Shared>, conn: Arc<Conn>, b: &Behavior) {
                 break 'outer;
             }
         }
+    }
+    if let (Some(reset), Some(tcp)) = (draining, conn.io.plain_tcp()) {
+        end_drained(tcp, reset);
     }
     sh.emit(id, Kind::Disconnected);
     conn.mark_closed();

@@ -139,6 +139,30 @@ impl Server {
         server
     }
 
+    /// [`Server::start_on`] with a per-connection script.
+    pub fn start_on_with(
+        listener: TcpListener,
+        script: impl Fn(usize) -> Behavior + Send + Sync + 'static,
+    ) -> Server {
+        let wake = listener.try_clone().expect("clone the listener");
+        let mut server = Server::launch_on(listener, Arc::new(script), None);
+        server.listener = Some(wake);
+        server
+    }
+
+    /// A `wss://` server (see [`Server::start_tls`]) on a listener bound by the caller.
+    pub fn start_tls_on(listener: TcpListener, behavior: Behavior, pki: &Pki) -> Server {
+        let wake = listener.try_clone().expect("clone the listener");
+        let acceptor = tls::acceptor(pki, false);
+        let mut server = Server::launch_on(
+            listener,
+            Arc::new(move |_| behavior.clone()),
+            Some(acceptor),
+        );
+        server.listener = Some(wake);
+        server
+    }
+
     fn launch(script: Script, tls: Option<SslAcceptor>) -> Server {
         super::watchdog::watch();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -334,6 +358,15 @@ impl Server {
         if let Some(c) = lock(&self.shared.conns).get(&id) {
             c.mark_closed();
         }
+    }
+
+    /// Connection `id`, which stopped reading ([`Behavior::stop_reading_after`]), reads
+    /// everything its kernel received (and so acknowledged), then closes: FIN, or RST if
+    /// `reset`. Its [`Kind::Disconnected`] event says when that is done.
+    pub fn close_after_draining(&self, id: usize, reset: bool) {
+        let conn = lock(&self.shared.conns).get(&id).cloned();
+        conn.unwrap_or_else(|| panic!("no connection {id}"))
+            .close_after_draining(reset);
     }
 
     /// Shuts every connection down (TCP FIN, no Close frame).
