@@ -33,7 +33,9 @@
 //! (above); a timeout that grew is found by re-probing `bad` once every
 //! [`REPROBE_AFTER`], and a probe may cost a connection at most once per
 //! [`PROBE_LOSS_SPACING`]. The learned value lives as long as the process (it
-//! survives reconnects); a restart learns again, which costs minutes.
+//! survives reconnects); with `--state-dir` [`Adaptive::learned`] is kept per network
+//! path and [`Adaptive::resume`] starts a restart from it (`crate::state_store`), else a
+//! restart learns again, which costs minutes.
 //!
 //! Pure: every method takes `now`; unit-tested over simulated days.
 
@@ -63,6 +65,26 @@ pub fn lock(adaptive: &SharedAdaptive) -> MutexGuard<'_, Adaptive> {
     adaptive.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the rule knows about a path, the part worth keeping across restarts: the
+/// longest idle gap proven and the shortest that lost the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Learned {
+    /// The longest gap a heartbeat has survived.
+    pub good: Option<Duration>,
+    /// The shortest gap that lost the connection.
+    pub bad: Option<Duration>,
+}
+
+/// Told when [`Learned`] changes (at most once per answered heartbeat or reconnect).
+#[derive(Clone)]
+pub struct OnLearned(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnLearned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnLearned")
+    }
+}
+
 /// The learning state. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Adaptive {
@@ -81,6 +103,7 @@ pub struct Adaptive {
     /// The search has ended once: losses to probing are rationed from then on.
     ever_settled: bool,
     interval: Duration,
+    on_learned: Option<OnLearned>,
 }
 
 impl Adaptive {
@@ -98,6 +121,54 @@ impl Adaptive {
             last_probe_loss: None,
             ever_settled: false,
             interval: min,
+            on_learned: None,
+        }
+    }
+
+    /// Calls `hook` whenever [`Adaptive::learned`] changes (the caller keeps it).
+    pub fn set_on_learned(&mut self, hook: OnLearned) {
+        self.on_learned = Some(hook);
+    }
+
+    /// What has been learned so far.
+    pub fn learned(&self) -> Learned {
+        Learned {
+            good: self.good,
+            bad: self.bad,
+        }
+    }
+
+    /// Starts over on a path from what was `learned` there before (a restart, or a
+    /// move back to a path seen before), with the usual doubt, re-probe and outage
+    /// rules from here on: a settled path resumes at its settled interval, a search
+    /// goes on where it stopped. `Learned::default()` starts afresh at `MIN`, as a
+    /// first start does. An entry gone stale (the path's timeout dropped while the
+    /// device was off) is no special case: a loss at the remembered interval is a
+    /// loss at a proven gap, i.e. a doubt, exactly as on a path whose timeout drops
+    /// while running.
+    pub fn resume(&mut self, learned: Learned, now: Instant) {
+        let on_learned = self.on_learned.take();
+        *self = Adaptive::new(self.min, self.max);
+        self.on_learned = on_learned;
+        self.good = learned.good.filter(|good| !good.is_zero());
+        // A failing gap at or below a proven one means the timeout grew since (as
+        // `on_answered` concludes): only the proven one is kept.
+        self.bad = learned
+            .bad
+            .filter(|bad| !bad.is_zero() && self.good.is_none_or(|good| *bad > good));
+        if self.good.is_some() || self.bad.is_some() {
+            self.choose(now);
+        }
+    }
+
+    /// Tells the hook if what is learned differs from `before`.
+    fn tell(&self, before: Learned) {
+        if let Some(hook) = self
+            .on_learned
+            .as_ref()
+            .filter(|_| self.learned() != before)
+        {
+            (hook.0)();
         }
     }
 
@@ -114,6 +185,12 @@ impl Adaptive {
 
     /// A heartbeat sent after `gap` with nothing received was answered.
     pub fn on_answered(&mut self, gap: Duration, now: Instant) {
+        let before = self.learned();
+        self.answered(gap, now);
+        self.tell(before);
+    }
+
+    fn answered(&mut self, gap: Duration, now: Instant) {
         self.doubts = 0;
         if self.good.is_none_or(|good| gap > good) {
             self.good = Some(gap);
@@ -136,6 +213,12 @@ impl Adaptive {
     /// The next connect succeeded: the path works, so a loss after an idle gap was
     /// the path forgetting the flow.
     pub fn on_reconnected(&mut self, now: Instant) {
+        let before = self.learned();
+        self.reconnected(now);
+        self.tell(before);
+    }
+
+    fn reconnected(&mut self, now: Instant) {
         let Some(gap) = self.pending.take() else {
             return;
         };

@@ -92,6 +92,7 @@ pub mod linkwatch;
 pub mod logging;
 mod machine;
 mod metrics;
+mod netpath;
 #[allow(unsafe_code)]
 mod os;
 mod outbox;
@@ -99,6 +100,7 @@ mod proxy;
 mod report;
 mod sd_notify;
 mod signals;
+mod state_store;
 mod status_file;
 mod stdin;
 mod stdout;

@@ -37,6 +37,7 @@ use crate::metrics;
 use crate::outbox::Outbox;
 use crate::report::{Facts, Report};
 use crate::sd_notify::{Notifier, Notify};
+use crate::state_store::{self, Memory};
 use crate::status_file::StatusFile;
 use crate::tls::{Connector, TlsFiles};
 use crate::traffic::Traffic;
@@ -138,6 +139,8 @@ pub struct Supervisor {
     adaptive: Option<SharedAdaptive>,
     /// The kernel's address and route changes; started by `run`.
     link_watch: Option<LinkWatch>,
+    /// `--state-dir`: what `adaptive` learned, per network path, across restarts.
+    memory: Option<Memory>,
 }
 
 impl Supervisor {
@@ -159,6 +162,10 @@ impl Supervisor {
         let adaptive = config
             .auto_interval
             .map(|(min, max)| Arc::new(Mutex::new(Adaptive::new(min, max))));
+        let learned = events.clone();
+        let memory = state_store::open_for(&config, adaptive.as_ref(), move || {
+            let _ = learned.send(Event::Learned);
+        });
         let machine = Machine::new(
             settings(&config, None, report.is_read()),
             Backoff::new(config.backoff_initial, config.backoff_max),
@@ -184,6 +191,7 @@ impl Supervisor {
             traffic: Arc::new(Traffic::default()),
             adaptive,
             link_watch: None,
+            memory,
         })
     }
 
@@ -318,6 +326,16 @@ impl Supervisor {
             }
             Input::Connected { conn } if self.machine.attempt() == Some(*conn) => {
                 if let Some(adaptive) = &self.adaptive {
+                    // Before the first heartbeat: the path decides where the learning starts.
+                    if let (Some(memory), Some((_, connection))) =
+                        (&mut self.memory, &self.upgraded)
+                    {
+                        memory.connected(
+                            &connection.tcp,
+                            &mut adaptive::lock(adaptive),
+                            Instant::now(),
+                        );
+                    }
                     adaptive::lock(adaptive).on_reconnected(Instant::now());
                 }
             }
@@ -353,6 +371,12 @@ impl Supervisor {
                 Input::Dead { conn, reason }
             }
             Event::Link(event) => return self.link_input(event),
+            Event::Learned => {
+                if let (Some(memory), Some(adaptive)) = (&mut self.memory, &self.adaptive) {
+                    memory.learned(&adaptive::lock(adaptive));
+                }
+                return None;
+            }
             Event::InputClosed => {
                 log::debug!("stdin closed; the connection stays up");
                 return None;
@@ -647,6 +671,9 @@ impl Supervisor {
         // No more lines: a producer waiting for room goes on, its line discarded.
         self.outbox.close();
         self.teardown(false);
+        if let (Some(memory), Some(adaptive)) = (&mut self.memory, &self.adaptive) {
+            memory.exit(&adaptive::lock(adaptive));
+        }
         // Aborted attempts end at once; one stuck in DNS or in the TCP connect cannot be
         // interrupted and gets a bounded wait before the process leaves it behind.
         let give_up = self

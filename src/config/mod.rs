@@ -88,6 +88,8 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// Follow the kernel's address and route changes (rtnetlink).
     pub link_watch: bool,
+    /// `--state-dir`: where what `--ping-interval auto` learned is kept across restarts.
+    pub state_dir: Option<PathBuf>,
     /// Probe mode: one heartbeat, print its RTT, exit.
     pub once: bool,
     /// HTTP CONNECT proxy for this target (`--proxy` or the proxy variables), if any.
@@ -123,6 +125,7 @@ impl Config {
             status_file: None,
             metrics_file: None,
             link_watch: true,
+            state_dir: None,
             once: false,
             proxy: None,
         }

@@ -38,6 +38,7 @@ pub(super) enum Opt {
     StatusFile,
     MetricsFile,
     NoLinkWatch,
+    StateDir,
     Once,
     Help,
     Version,
@@ -512,6 +513,21 @@ pub(super) const OPTIONS: &[Spec] = &[
         default: None,
         section: Section::Data,
         help: &["do not follow the kernel's address and route", "changes"],
+    },
+    Spec {
+        opt: Opt::StateDir,
+        name: "state-dir",
+        short: None,
+        takes: Takes::Value("DIR", |config, value| {
+            config.state_dir = path(value)?;
+            Ok(())
+        }),
+        default: None,
+        section: Section::Data,
+        help: &[
+            "keeps what --ping-interval auto learned",
+            "across restarts, per network path",
+        ],
     },
     Spec {
         opt: Opt::Once,
