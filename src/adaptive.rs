@@ -577,4 +577,169 @@ mod tests {
         adaptive.on_reconnected(now);
         assert_eq!(adaptive.interval(), secs(30));
     }
+
+    /// What a restart goes through: the entry written to the state file's text and
+    /// read back by a new process.
+    fn restarted_memory(key: &str, learned: Learned) -> crate::state_store::Memory {
+        use crate::state_store::{Memory, PathKey, Store};
+        let mut store = Store::default();
+        store.put(PathKey::new(key).unwrap(), learned, 1);
+        let text = store.render();
+        Memory::in_memory(Store::parse(&text).expect("reads its own file"))
+    }
+
+    fn key(s: &str) -> crate::state_store::PathKey {
+        crate::state_store::PathKey::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_restart_on_the_same_path_resumes_with_nothing_lost() {
+        for t in [20, 60, 120, 250] {
+            let mut before = Path::new(Some(secs(t)));
+            before.run_for(secs(30 * 60));
+            let learned_interval = before.adaptive.interval();
+            assert!(before.in_band(), "T={t}s");
+            let mut memory = restarted_memory("wlan0/192.168.1.1", before.adaptive.learned());
+
+            // The new process: fresh at MIN until its first connect tells the path.
+            let mut after = Path::new(Some(secs(t)));
+            assert_eq!(after.adaptive.interval(), DEFAULT_MIN);
+            memory.connected_via(key("wlan0/192.168.1.1"), &mut after.adaptive, after.now);
+            assert_eq!(after.adaptive.interval(), learned_interval, "T={t}s");
+            assert!(after.in_band() && after.adaptive.settled(), "T={t}s");
+            // The first hour: no connection lost, no heartbeat below the band.
+            let mut heartbeats = 0;
+            let end = after.now + secs(3600);
+            while after.now < end {
+                after.step();
+                heartbeats += 1;
+                assert!(after.in_band(), "T={t}s: left the band");
+            }
+            assert!(
+                after.idle_losses.is_empty(),
+                "T={t}s: {:?}",
+                after.idle_losses
+            );
+            let settled_rate = 3600.0 / learned_interval.as_secs_f64();
+            assert!(
+                f64::from(heartbeats) <= settled_rate + 1.0,
+                "T={t}s: {heartbeats} heartbeats in the first hour, settled rate {settled_rate:.1}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_restart_on_another_path_starts_afresh_at_min() {
+        let mut home = Path::new(Some(secs(250)));
+        home.run_for(secs(30 * 60));
+        let home_interval = home.adaptive.interval();
+        let mut memory = restarted_memory(
+            "wlan0/192.168.1.1/aa:bb:cc:dd:ee:ff",
+            home.adaptive.learned(),
+        );
+
+        // Same interface and gateway address, another router: another path.
+        let mut away = Path::new(Some(secs(45)));
+        memory.connected_via(
+            key("wlan0/192.168.1.1/11:22:33:44:55:66"),
+            &mut away.adaptive,
+            away.now,
+        );
+        assert_eq!(away.adaptive.interval(), DEFAULT_MIN);
+        assert!(!away.adaptive.settled());
+        away.run_for(secs(30 * 60));
+        assert!(away.in_band(), "{:?}", away.adaptive.interval());
+        // It never tried the home path's interval, far above this one's timeout.
+        assert!(away.idle_losses.len() <= 3, "{:?}", away.idle_losses.len());
+
+        // Back home (a reconnect in the same process): the home entry again, and the
+        // other path was kept too.
+        memory.connected_via(
+            key("wlan0/192.168.1.1/aa:bb:cc:dd:ee:ff"),
+            &mut away.adaptive,
+            away.now,
+        );
+        assert_eq!(away.adaptive.interval(), home_interval);
+        assert_eq!(memory.store().entries().len(), 2);
+    }
+
+    #[test]
+    fn a_stale_entry_follows_the_usual_rules() {
+        // Learned behind a 250 s timeout; while the device was off the carrier cut it
+        // to 60 s. The remembered interval is a proven gap: its first loss is a doubt
+        // (as for a running device whose path changed), the second starts a search.
+        let mut before = Path::new(Some(secs(250)));
+        before.run_for(secs(30 * 60));
+        let mut memory = restarted_memory("wwan0", before.adaptive.learned());
+        let mut after = Path::new(Some(secs(60)));
+        memory.connected_via(key("wwan0"), &mut after.adaptive, after.now);
+        let remembered = after.adaptive.interval();
+        after.run_for(secs(30 * 60));
+        assert!(after.in_band(), "{:?}", after.adaptive.interval());
+        let at_remembered = after.idle_losses.len();
+        // No special case: exactly what a running device loses when its path's
+        // timeout drops from 250 s to 60 s under it.
+        let mut running = Path::new(Some(secs(250)));
+        running.run_for(secs(30 * 60));
+        running.timeout = Some(secs(60));
+        let dropped_at = running.now;
+        running.run_for(secs(30 * 60));
+        let while_running = running.most_losses_in(dropped_at, secs(30 * 60));
+        assert!(
+            at_remembered <= while_running,
+            "{at_remembered} losses after resuming at {remembered:?}, {while_running} when the \
+             timeout drops while running"
+        );
+        eprintln!(
+            "stale entry (250 s learned, 60 s now): {at_remembered} connections lost settling \
+             again, as a running device ({while_running})"
+        );
+        let settled = after.now;
+        after.run_for(secs(7 * 24 * 3600));
+        assert!(after.most_losses_in(settled, secs(6 * 3600)) <= 1);
+    }
+
+    #[test]
+    fn resume_is_bounded_by_min_and_max_and_tells_only_real_changes() {
+        let now = Instant::now();
+        let mut adaptive = Adaptive::new(secs(15), secs(60));
+        // Learned with wider bounds: held to this run's MAX.
+        let wide = Learned {
+            good: Some(secs(250)),
+            bad: Some(secs(300)),
+        };
+        adaptive.resume(wide, now);
+        assert_eq!(adaptive.interval(), secs(60));
+        // A failing gap at or below the proven one: the timeout grew, keep the proven.
+        adaptive.resume(
+            Learned {
+                good: Some(secs(40)),
+                bad: Some(secs(30)),
+            },
+            now,
+        );
+        assert_eq!(adaptive.learned().bad, None);
+        // Nothing known: MIN, as a first start.
+        adaptive.resume(Learned::default(), now);
+        assert_eq!(adaptive.interval(), secs(15));
+
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&told);
+        adaptive.set_on_learned(OnLearned(Arc::new(move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })));
+        let told = || told.load(std::sync::atomic::Ordering::Relaxed);
+        adaptive.on_answered(secs(15), now);
+        assert_eq!(told(), 1);
+        // A shorter gap answered teaches nothing new.
+        adaptive.on_answered(secs(10), now);
+        assert_eq!(told(), 1);
+        adaptive.on_lost(Some(secs(30)));
+        adaptive.on_reconnected(now);
+        assert_eq!(told(), 2, "a lost gap is learned");
+        // The hook survives a resume.
+        adaptive.resume(Learned::default(), now);
+        adaptive.on_answered(secs(15), now);
+        assert_eq!(told(), 3);
+    }
 }
