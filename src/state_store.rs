@@ -226,14 +226,14 @@ fn duration(value: &str) -> Option<Option<Duration>> {
 }
 
 /// Whether `now` is worth a write over `kept`: something became known or unknown,
-/// or a value moved by at least a second and 2 %. A path with no idle timeout
-/// below `MAX` proves a gap a few milliseconds longer now and then; that is not
-/// worth wearing the flash for.
+/// or a value moved by 2 % or more (the search's own steps are 10 % and more). A path
+/// with no idle timeout below `MAX` proves a gap a few milliseconds longer now and
+/// then; that is not worth wearing the flash for.
 pub fn worth_keeping(kept: Learned, now: Learned) -> bool {
     let moved = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
         (Some(a), Some(b)) => {
             let delta = a.abs_diff(b);
-            delta >= Duration::from_secs(1) && delta >= a.max(b) / 50
+            delta >= Duration::from_millis(10) && delta >= a.max(b) / 50
         }
         (None, None) => false,
         _ => true,
@@ -600,6 +600,16 @@ mod tests {
         ));
         assert!(worth_keeping(Learned::default(), learned(Some(3), None)));
         assert!(!worth_keeping(kept, kept));
+        assert!(worth_keeping(
+            Learned {
+                good: Some(Duration::from_millis(3002)),
+                bad: None
+            },
+            Learned {
+                good: Some(Duration::from_millis(3999)),
+                bad: None
+            }
+        ));
     }
 
     #[test]
