@@ -189,7 +189,8 @@ impl Store {
     /// Most recent first (stable: on equal times the one put last stays first),
     /// and no more than [`MAX_ENTRIES`].
     fn order(&mut self) {
-        self.entries.sort_by(|a, b| b.at.cmp(&a.at));
+        self.entries
+            .sort_by_key(|entry| std::cmp::Reverse(entry.at));
         self.entries.truncate(MAX_ENTRIES);
     }
 }
