@@ -418,16 +418,17 @@ fi
 C sed -i 's/^WSBEAT_PING_INTERVAL=2s$/WSBEAT_PING_INTERVAL=auto:1s..4s/' /etc/default/wsbeat
 C systemctl start wsbeat.service
 # 1 s, 2 s and 4 s answered: 4 s = MAX, the search is over (about 8 s).
-state_max() { C grep -q '^lo good_ms=[4-9][0-9][0-9][0-9] ' /var/lib/private/wsbeat/heartbeat; }
+state_max() { C grep -qs '^lo good_ms=[4-9][0-9][0-9][0-9] ' /var/lib/private/wsbeat/heartbeat; }
 if wait_until 25 state_max; then
   pid=$(prop MainPID); w=$(wsbmark)
   kept=$(C grep '^lo ' /var/lib/private/wsbeat/heartbeat)
-  owner=$(C stat -c '%U %a' /var/lib/private/wsbeat/heartbeat 2>&1)
+  # The dynamic user has no name once the unit stops; its UID is never root's.
+  owner=$(C stat -c 'uid %u, mode %a' /var/lib/private/wsbeat/heartbeat 2>&1)
   link=$(C readlink /var/lib/wsbeat)
   out=$(C systemctl restart wsbeat.service 2>&1); rc=$?
   resumed() { wsb_has "$w" 'network path lo: resuming the learned heartbeat at 4'; }
   if [ "$rc" = 0 ] && [ "$(prop MainPID)" != "$pid" ] && wait_until 10 resumed &&
-    [ "$link" = private/wsbeat ] && [ "${owner%% *}" != root ] &&
+    [ "$link" = private/wsbeat ] && [[ $owner == "uid "[1-9]* ]] &&
     C grep -q '^lo good_ms=[4-9][0-9][0-9][0-9] ' /var/lib/private/wsbeat/heartbeat; then
     pass state "kept as $owner by the dynamic user in /var/lib/private/wsbeat/heartbeat (\"$kept\"), /var/lib/wsbeat -> $link; after systemctl restart: \"$(wsbnew "$w" | grep -m1 -o 'network path.*')\""
   else
