@@ -33,6 +33,12 @@
 # which the window cannot see: its cost is added as a bound from the measured cost of
 # one lost connection. At the end the server sends `probe` on every connection it
 # holds: a client that prints it still had a working path.
+#
+# Restarts (issue 20): two more rigs behind T = 120 s run `auto` and are restarted
+# (SIGTERM, start again) an hour of real time (HOUR = 360 scaled s) before the end,
+# one without `--state-dir`, one with it. Their table: bytes and lost connections in
+# that first hour after the restart (without the restart's own close and connect,
+# the same for both), against the settled rate of the auto-120 s rig's window.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -43,7 +49,7 @@ WINDOW=${WINDOW:-300}
 for a in "$@"; do
   case "$a" in
     --quick) WARMUP=${WARMUP_QUICK:-120} WINDOW=${WINDOW_QUICK:-150} ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "nat-economy.sh: unknown argument $a" >&2; exit 64 ;;
   esac
 done
@@ -161,6 +167,8 @@ add() { names+=("$1"); labels+=("$2"); ts+=("$3"); }
 add fixed20   "wsbeat --ping-interval 20s"            120
 add auto120   "wsbeat --ping-interval auto"           120
 add auto600   "wsbeat --ping-interval auto"           600
+add restart   "wsbeat --ping-interval auto, restarted"                  120
+add restartsd "wsbeat --ping-interval auto --state-dir, restarted"      120
 add python20  "Python websockets (default 20 s ping)" 120
 add node30    "Node ws, README pattern at 30 s"       120
 if [ -x "$websocat" ]; then add websocat "websocat (default: no ping)" 120; fi
@@ -178,8 +186,11 @@ done
 
 url="ws://$SRV:$PORT/"
 wsb=(--pong-timeout 1s --backoff-initial 100ms --backoff-max 6s)
+declare -A client_pid
 for n in "${names[@]}"; do
   case $n in
+    restart) client $n env RUST_LOG=info "$WSBEAT" --ping-interval auto:1.5s..30s "${wsb[@]}" --status-file "$work/$n.status" "$url" ;;
+    restartsd) client $n env RUST_LOG=info "$WSBEAT" --ping-interval auto:1.5s..30s "${wsb[@]}" --status-file "$work/$n.status" --state-dir "$work/$n.state" "$url" ;;
     fixed20) client $n env RUST_LOG=info "$WSBEAT" --ping-interval 2s "${wsb[@]}" --status-file "$work/$n.status" "$url" ;;
     auto*) client $n env RUST_LOG=info "$WSBEAT" --ping-interval auto:1.5s..30s "${wsb[@]}" --status-file "$work/$n.status" "$url" ;;
     python20) client $n "$python" bench/peers/py_client.py "$url" --ping-interval 2 --ping-timeout 2 ;;
@@ -187,7 +198,43 @@ for n in "${names[@]}"; do
       --ping-interval 3000 --pong-timeout 3000 --reconnect-delay 100 ;;
     websocat) client $n "$websocat" "$url" ;;
   esac
+  client_pid[$n]=${pids[-1]}
 done
+t0=$(date +%s.%N)
+# sleep_until SECONDS: until SECONDS (scaled) after the clients started.
+sleep_until() { sleep "$(awk -v t0="$t0" -v t="$1" -v now="$(date +%s.%N)" 'BEGIN { d = t0 + t - now; print (d > 0 ? d : 0) }')"; }
+HOUR=$((3600 / SCALE))
+RESTART_AT=$((WARMUP + WINDOW - HOUR))
+[ "$RESTART_AT" -ge 60 ] || RESTART_AT=60
+AFTER=$((WARMUP + WINDOW - RESTART_AT))
+# restart_rigs: SIGTERM the restart rigs' clients (timeout passes it on), start them again
+# with the same arguments, and read their counters once the new connection is up (before
+# its first heartbeat: 1.5 s at the earliest).
+declare -A ra0 rb0 rc0 rconnect
+restart_rigs() {
+  local n u
+  declare -A before
+  for n in restart restartsd; do
+    before[$n]=$(upgrades $n)
+    read -r _ a <<<"$(counter $n up)"; read -r _ b <<<"$(counter $n down)"; rconnect[$n]=$((a + b))
+    kill -TERM "${client_pid[$n]}" 2>/dev/null || true
+  done
+  for n in restart restartsd; do
+    for _ in $(seq 50); do kill -0 "${client_pid[$n]}" 2>/dev/null || break; sleep 0.02; done
+    mv "$work/$n.err" "$work/$n.before-restart.err"
+    case $n in
+      restart) client $n env RUST_LOG=info "$WSBEAT" --ping-interval auto:1.5s..30s "${wsb[@]}" --status-file "$work/$n.status" "$url" ;;
+      restartsd) client $n env RUST_LOG=info "$WSBEAT" --ping-interval auto:1.5s..30s "${wsb[@]}" --status-file "$work/$n.status" --state-dir "$work/$n.state" "$url" ;;
+    esac
+    client_pid[$n]=${pids[-1]}
+  done
+  for n in restart restartsd; do
+    for _ in $(seq 100); do [ "$(upgrades $n)" -gt "${before[$n]}" ] && break; sleep 0.01; done
+    ra0[$n]="$(counter $n up)"; rb0[$n]="$(counter $n down)"; rc0[$n]="$(upgrades $n)"
+    read -r _ a <<<"${ra0[$n]}"; read -r _ b <<<"${rb0[$n]}"
+    rconnect[$n]=$((a + b - ${rconnect[$n]}))
+  done
+}
 
 # Before any heartbeat (the earliest is auto's first, 1.5 s after connecting): what one
 # connect costs on the wire.
@@ -198,12 +245,15 @@ for n in "${names[@]}"; do
   connect_bytes[$n]=$((a + b))
 done
 echo "warm-up ${WARMUP} s (= $((WARMUP * SCALE / 60)) min), then a window of ${WINDOW} s (= $((WINDOW * SCALE / 60)) min)" >&2
-sleep "$(awk -v w=$WARMUP 'BEGIN { print w - 1.2 }')"
+echo "the restart rigs are restarted at ${RESTART_AT} s (= $((RESTART_AT * SCALE / 60)) min) and measured for ${AFTER} s (= $((AFTER * SCALE / 60)) min)" >&2
+if [ "$RESTART_AT" -lt "$WARMUP" ]; then sleep_until "$RESTART_AT"; restart_rigs; fi
+sleep_until "$WARMUP"
 declare -A up0 down0 conn0
 for n in "${names[@]}"; do
   up0[$n]="$(counter $n up)"; down0[$n]="$(counter $n down)"; conn0[$n]="$(upgrades $n)"
 done
-sleep "$WINDOW"
+if [ "$RESTART_AT" -ge "$WARMUP" ]; then sleep_until "$RESTART_AT"; restart_rigs; fi
+sleep_until $((WARMUP + WINDOW))
 declare -A up1 down1 conn1
 for n in "${names[@]}"; do
   up1[$n]="$(counter $n up)"; down1[$n]="$(counter $n down)"; conn1[$n]="$(upgrades $n)"
@@ -224,6 +274,7 @@ table="$work/table.md"
 perday() { awk -v v="$1" -v w=$WINDOW -v s=$SCALE -v f="$2" 'BEGIN { printf f, v * 86400 / (w * s) }'; }
 for i in "${!names[@]}"; do
   n="${names[$i]}"
+  case $n in restart*) continue ;; esac
   read -r p0 b0 <<<"${up0[$n]}"; read -r p1 b1 <<<"${up1[$n]}"
   read -r q0 d0 <<<"${down0[$n]}"; read -r q1 d1 <<<"${down1[$n]}"
   bytes=$(( (b1 - b0) + (d1 - d0) ))
@@ -250,9 +301,42 @@ for i in "${!names[@]}"; do
     "$n" "$bytes" "$packets" "$lost" "${conn0[$n]}" "${connect_bytes[$n]}" "$alive" >> "$work/raw.txt"
 done
 
+# The first hour after a restart, against auto120's settled rate (its window, per hour).
+rtable="$work/restart.md"
+{
+  echo "| after a restart behind a $((120)) s NAT, first $((AFTER * SCALE / 60)) min | heartbeat after the restart | bytes | vs settled rate | lost connections | the restart's close + connect |"
+  echo "|---|---|---|---|---|---|"
+} > "$rtable"
+settled_window=""
+if [ -n "${per_day_of[auto120]:-}" ]; then
+  settled_window=$(awk -v d="${per_day_of[auto120]}" -v a=$AFTER -v s=$SCALE 'BEGIN { printf "%.0f", d * a * s / 86400 }')
+fi
+declare -A rratio rlost
+for n in restart restartsd; do
+  read -r p0 b0 <<<"${ra0[$n]}"; read -r p1 b1 <<<"${up1[$n]}"
+  read -r q0 d0 <<<"${rb0[$n]}"; read -r q1 d1 <<<"${down1[$n]}"
+  bytes=$(( (b1 - b0) + (d1 - d0) ))
+  rlost[$n]=$(( ${conn1[$n]} - ${rc0[$n]} ))
+  first=$(grep -m1 -o 'network path [^ ]*: [a-z].*' "$work/$n.err" 2>/dev/null || true)
+  gap=$(awk -v f="${first:-}" -v s=$SCALE 'BEGIN { if (match(f, /at [0-9.]+(ms|s)/)) { v = substr(f, RSTART + 3, RLENGTH - 3); m = (v ~ /ms$/) ? v / 1000 : v + 0; printf "%.0f s (resumed)", m * s } else printf "15 s (MIN: learns again)" }')
+  ratio="—"
+  [ -n "$settled_window" ] && [ "$settled_window" -gt 0 ] && ratio=$(awk -v a=$bytes -v b="$settled_window" 'BEGIN { printf "%.2f", a / b }')
+  rratio[$n]=$ratio
+  case $n in restart) label="without \`--state-dir\`" ;; restartsd) label="with \`--state-dir\`" ;; esac
+  kb=$(awk -v v=$bytes 'BEGIN { printf "%.1f kB", v / 1000 }')
+  echo "| $label | $gap | $kb | $ratio | ${rlost[$n]} | ${rconnect[$n]} B |" >> "$rtable"
+  printf '%s after_restart_bytes=%s lost=%s settled_bytes_same_time=%s restart_bytes=%s\n' \
+    "$n" "$bytes" "${rlost[$n]}" "${settled_window:-}" "${rconnect[$n]}" >> "$work/raw.txt"
+done
+
 echo
 cat "$table"
 echo
+cat "$rtable"
+echo
+awk -v r="${rratio[restartsd]}" -v l="${rlost[restartsd]}" 'BEGIN {
+  printf "goal: after a restart with --state-dir, 0 lost and no more bytes than the settled rate: %s lost, %s x, %s\n", l, r, (l == 0 && r != "—" && r <= 1.0 ? "met" : "NOT met")
+}'
 if [ -n "${per_day_of[auto120]:-}" ] && [ -n "$fixed_day" ]; then
   awk -v a="${per_day_of[auto120]}" -v f="$fixed_day" 'BEGIN {
     r = a / f
@@ -260,6 +344,6 @@ if [ -n "${per_day_of[auto120]:-}" ] && [ -n "$fixed_day" ]; then
   }'
 fi
 echo "time scaled 1/$SCALE: warm-up ${WARMUP} s (= $((WARMUP * SCALE / 60)) real min), window ${WINDOW} s (= $((WINDOW * SCALE / 60)) real min; x $(awk -v w=$WINDOW -v s=$SCALE 'BEGIN { printf "%.1f", 86400 / (w * s) }') for a day)"
-cp "$table" "$out/nat-economy.md"
+cat "$table" - "$rtable" <<<"" > "$out/nat-economy.md"
 cp "$work/raw.txt" "$out/nat-economy.raw.txt"
 echo "table: $out/nat-economy.md; logs: $work" >&2

@@ -227,6 +227,12 @@ if [ "$1" = purge ]; then
         groupdel wsbeat >/dev/null 2>&1 || echo "wsbeat: the group wsbeat was kept (still in use?)" >&2
     fi
 fi
+# purge: what --ping-interval auto learned (StateDirectory=wsbeat; with DynamicUser=
+# systemd keeps it under /var/lib/private, which systemd's tmpfiles own, and links
+# /var/lib/wsbeat to it; without DynamicUser= /var/lib/wsbeat is the folder itself).
+if [ "$1" = purge ]; then
+    rm -rf /var/lib/private/wsbeat /var/lib/wsbeat
+fi
 exit 0
 EOF
 chmod 0755 "$STAGE/DEBIAN/postinst" "$STAGE/DEBIAN/prerm" "$STAGE/DEBIAN/postrm"

@@ -39,13 +39,16 @@
 #   recover    server back: reconnected, status file connected again
 #   watchdog   a SIGSTOPped client is killed ("Watchdog timeout") and restarted
 #   stop       systemctl stop: the server sees Close 1001, the main process exits 0
+#   state      --ping-interval auto keeps what it learned in /var/lib/private/wsbeat (the
+#              dynamic user's StateDirectory=), and it survives systemctl restart
 #   denials    the unit's journal has no SIGSYS / EPERM / EACCES / EAFNOSUPPORT
 #   no-config  without /etc/default/wsbeat: exit 64, stays failed (no restart loop)
 #   no-headers without /etc/wsbeat/headers: 243/CREDENTIALS, stays failed (no restart loop)
 #   remove     dpkg -r of the running service: stopped, configuration kept; dpkg -i again:
 #              still enabled (the unit was masked meanwhile), connects with the kept token
 #   purge      dpkg --purge of the running service: stopped, and no file left that was not
-#              there before dpkg -i (names under /etc /usr /var /run /opt /srv /root /home)
+#              there before dpkg -i (names under /etc /usr /var /run /opt /srv /root /home;
+#              the state under /var/lib/private/wsbeat included)
 #
 # Environment: CACHE=/var/cache/wsbeat-systemd-test (the base image; delete to rebuild),
 #   MIRROR (default: the host's Debian mirror from its apt sources), OUT (logs; default
@@ -497,6 +500,35 @@ if [ "$rc" = 0 ] && printf '%s' "$close" | grep -q 'code=1001' && [ "$res" = "Ex
 else
   fail stop "rc=$rc $out; server: ${close:-no CLOSE}; $res"
 fi
+
+# ---------------------------------------------------------------- state dir (issue 20)
+# --ping-interval auto with the unit's StateDirectory=: the dynamic user keeps what it
+# learned in /var/lib/private/wsbeat/heartbeat (/var/lib/wsbeat links there), and the
+# process after a `systemctl restart` resumes from it instead of learning again.
+C sed -i 's/^WSBEAT_PING_INTERVAL=2s$/WSBEAT_PING_INTERVAL=auto:1s..4s/' /etc/default/wsbeat
+C systemctl start wsbeat.service
+# 1 s, 2 s and 4 s answered: 4 s = MAX, the search is over (about 8 s).
+state_max() { C grep -qs '^lo good_ms=[4-9][0-9][0-9][0-9] ' /var/lib/private/wsbeat/heartbeat; }
+if wait_until 25 state_max; then
+  pid=$(prop MainPID); w=$(wsbmark)
+  kept=$(C grep '^lo ' /var/lib/private/wsbeat/heartbeat)
+  # The dynamic user has no name once the unit stops; its UID is never root's.
+  owner=$(C stat -c 'uid %u, mode %a' /var/lib/private/wsbeat/heartbeat 2>&1)
+  link=$(C readlink /var/lib/wsbeat)
+  out=$(C systemctl restart wsbeat.service 2>&1); rc=$?
+  resumed() { wsb_has "$w" 'network path lo: resuming the learned heartbeat at 4'; }
+  if [ "$rc" = 0 ] && [ "$(prop MainPID)" != "$pid" ] && wait_until 10 resumed &&
+    [ "$link" = private/wsbeat ] && [[ $owner == "uid "[1-9]* ]] &&
+    C grep -q '^lo good_ms=[4-9][0-9][0-9][0-9] ' /var/lib/private/wsbeat/heartbeat; then
+    pass state "kept as $owner by the dynamic user in /var/lib/private/wsbeat/heartbeat (\"$kept\"), /var/lib/wsbeat -> $link; after systemctl restart: \"$(wsbnew "$w" | grep -m1 -o 'network path.*')\""
+  else
+    fail state "restart rc=$rc $out; PID $(prop MainPID) (was $pid); owner: $owner; /var/lib/wsbeat -> $link; journal: $(wsbnew "$w" | oneline)"
+  fi
+else
+  fail state "no 4 s gap kept in /var/lib/private/wsbeat/heartbeat: $(C ls -la /var/lib/private/wsbeat 2>&1 | oneline); $(C cat /var/lib/private/wsbeat/heartbeat 2>&1 | oneline); journal: $(jwsb | tail -n 5 | oneline)"
+fi
+C systemctl stop wsbeat.service
+C sed -i 's/^WSBEAT_PING_INTERVAL=auto:1s..4s$/WSBEAT_PING_INTERVAL=2s/' /etc/default/wsbeat
 
 bad=$(jwsb | grep -Ei 'SIGSYS|Bad system call|status=31|Operation not permitted|Permission denied|Address family not supported')
 if [ -z "$bad" ]; then pass denials "no SIGSYS/EPERM/EACCES/EAFNOSUPPORT in the unit's journal"

@@ -46,6 +46,8 @@ pub enum Event {
         /// if that is not what happened. Evidence for the adaptive heartbeat.
         idle: Option<Duration>,
     },
+    /// What `--ping-interval auto` learned changed (`--state-dir` keeps it).
+    Learned,
     /// The kernel reported an address, link or route change.
     Link(crate::net::linkwatch::LinkEvent),
     /// Input ended; nothing to do but note it.

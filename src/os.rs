@@ -501,6 +501,19 @@ pub fn interface_of(addr: IpAddr) -> Option<u32> {
     found
 }
 
+/// The name of interface `index` (`if_indextoname(3)`); `None` if there is none.
+pub fn interface_name(index: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has room for IF_NAMESIZE bytes, as if_indextoname requires.
+    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: on success `name` holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Write end of the signal self-pipe, or -1. Read by the handler, so it must be an
 /// atomic (lock-free, async-signal-safe).
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);

@@ -364,3 +364,136 @@ for fam in text_string_to_metric_families(text):
         assert!(failed.sample("wsbeat_heartbeat_rtt_seconds").is_nan());
     }
 }
+
+/// `--state-dir` on loopback: what `auto` learned in one run is where the next run starts.
+/// Bounds `500ms..4s` grow to 4 s in 7.5 s (0.5, 1, 2 and 4 s answered); after a SIGTERM a
+/// new process's first heartbeat follows a 4 s gap, not `MIN` (it did before `--state-dir`).
+#[test]
+fn state_dir_resumes_the_learned_interval_after_a_restart() {
+    let dir = TempDir::new();
+    let state = dir.join("state");
+    let server = Server::start(Behavior::default());
+    let client = || {
+        Wsbeat::new()
+            .args(["--ping-interval", "auto:500ms..4s", "--pong-timeout", "2s"])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg(server.url())
+            .stdin_null()
+            .spawn()
+    };
+    let mut first = client();
+    let file = state.join("heartbeat");
+    let learned = poll_until(scaled(Duration::from_secs(20)), || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        text.contains("lo good_ms=4").then_some(text)
+    });
+    let Some(learned) = learned else {
+        panic!(
+            "no 4 s gap kept in {}: {:?}\n{}\n{}",
+            file.display(),
+            std::fs::read_to_string(&file),
+            server.dump(),
+            first.output().dump()
+        );
+    };
+    assert!(learned.starts_with("wsbeat-state 1\n"), "{learned}");
+    first.signal(libc::SIGTERM);
+    assert_eq!(
+        first.wait_exit(WAIT()),
+        Some(0),
+        "{}",
+        first.output().dump()
+    );
+
+    let mut second = client();
+    let up = server.expect_upgrades(WAIT(), 2);
+    let ping = server.expect_count(
+        scaled(Duration::from_secs(8)),
+        1,
+        "a heartbeat on the second connection",
+        |e| e.is_ping() && e.conn == up.conn,
+    );
+    let gap = ping[0].at.duration_since(up.at);
+    assert!(
+        gap >= ms(3900) && gap < scaled(ms(5000)),
+        "first idle gap after the restart {gap:?}, learned 4 s\n{}\n{}",
+        server.dump(),
+        second.output().dump()
+    );
+    let output = second.output();
+    assert!(
+        output.stderr.contains("network path lo: resuming"),
+        "{}",
+        output.dump()
+    );
+}
+
+/// A state file that is corrupt, from a newer wsbeat, or not a file at all is ignored with
+/// one warning; the client runs on, learns afresh and replaces the file with its own.
+#[test]
+fn an_unusable_state_file_gives_one_warning_and_the_client_runs_on() {
+    for (case, bad) in [
+        ("corrupt", Some("\u{0}garbage\nwsbeat-state 1\n")),
+        (
+            "newer",
+            Some("wsbeat-state 7\nwhat a newer wsbeat writes\n"),
+        ),
+        ("a folder", None),
+    ] {
+        let dir = TempDir::new();
+        let state = dir.join("state");
+        std::fs::create_dir(&state).unwrap();
+        let file = state.join("heartbeat");
+        match bad {
+            Some(text) => std::fs::write(&file, text).unwrap(),
+            None => std::fs::create_dir(&file).unwrap(),
+        }
+        let server = Server::start(Behavior::default());
+        let mut w = Wsbeat::new()
+            .args(["--ping-interval", "auto:500ms..4s", "--pong-timeout", "2s"])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg(server.url())
+            .stdin_null()
+            .spawn();
+        // Runs on: connects and its first heartbeat (at MIN, learning afresh) is answered.
+        let up = server.expect_upgrades(WAIT(), 1);
+        let ping = server.expect_count(WAIT(), 1, "a heartbeat", Event::is_ping);
+        let gap = ping[0].at.duration_since(up.at);
+        assert!(gap < scaled(ms(1500)), "{case}: first gap {gap:?}");
+        if bad.is_some() {
+            let replaced = poll_until(WAIT(), || {
+                let text = std::fs::read_to_string(&file).ok()?;
+                text.contains("lo good_ms=").then_some(text)
+            });
+            assert!(
+                replaced.is_some_and(|text| text.starts_with("wsbeat-state 1\n")),
+                "{case}: not replaced: {:?}",
+                std::fs::read_to_string(&file)
+            );
+        } else {
+            std::thread::sleep(ms(1500));
+        }
+        w.signal(libc::SIGTERM);
+        assert_eq!(
+            w.wait_exit(WAIT()),
+            Some(0),
+            "{case}: {}",
+            w.output().dump()
+        );
+        let output = w.output();
+        let warnings: Vec<&str> = output
+            .stderr_lines()
+            .into_iter()
+            .filter(|line| line.contains("state file"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{case}: {}", output.dump());
+        assert!(
+            warnings[0].contains("WARN") && warnings[0].contains("learns afresh"),
+            "{case}: {}",
+            warnings[0]
+        );
+        assert_eq!(server.upgrades(), 1, "{case}: {}", server.dump());
+    }
+}

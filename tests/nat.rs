@@ -310,3 +310,145 @@ fn fixed_heartbeat_below_the_nat_timeout_holds_and_above_it_is_detected() {
     assert!(nat.invalid_dropped() > 0, "no invalid segment dropped");
     eprintln!("behind a {t:?} NAT an 8 s heartbeat: new connection {detected:?} after the first");
 }
+
+/// `--state-dir` behind the real NAT (issue 20): learn as above, SIGTERM, start again with the
+/// same state dir. The new process's first idle gap is already in `[0.6 T, T)`, and its
+/// connection holds: no heartbeat spent relearning, nothing lost. About 1.5 to 2.5 minutes
+/// (learning, then 3 heartbeats after the restart).
+#[test]
+fn auto_heartbeat_resumes_after_a_restart_with_a_state_dir() {
+    let name = "auto_heartbeat_resumes_after_a_restart_with_a_state_dir";
+    if !netns::netns_available(name) {
+        return;
+    }
+    watchdog::extend(scaled(secs(240)));
+    let t = secs(12);
+    let band = (t.mul_f64(0.6), t);
+    let in_band = |d: Duration| d >= band.0 && d < band.1;
+    let nat = Nat::new(Some(t));
+    let dir = TempDir::new();
+    let status_path = dir.join("status");
+    let state = dir.join("state");
+    let started = Instant::now();
+    let listener = nat.srv.bind(format!("{NAT_SRV4}:0").parse().unwrap());
+    let server = Server::start_on(listener, Behavior::default());
+    let client = || {
+        Wsbeat::new()
+            .in_netns(nat.dev.name())
+            .args(["--ping-interval", "auto:3s..60s", "--pong-timeout", "2s"])
+            .args(["--backoff-initial", "200ms", "--backoff-max", "2s"])
+            .arg("--status-file")
+            .arg(&status_path)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg(format!("ws://{NAT_SRV4}:{}/", server.port()))
+            .stdin_null()
+            .spawn()
+    };
+
+    // Learn until the search has ended: in the band, and the state file (which follows
+    // every learning step) holds a proven gap within 80 % of the shortest lost one.
+    let mut first = client();
+    server.expect_upgrades(scaled(secs(10)), 1);
+    let file = state.join("heartbeat");
+    let settled = poll_until(scaled(secs(180)), || {
+        let now = snapshot(&status_path)?;
+        let interval = Duration::from_millis(number(&now, "ping_interval_ms"));
+        let kept = std::fs::read_to_string(&file).ok()?;
+        let ms = |key: &str| -> Option<f64> {
+            let at = kept.find(key)? + key.len();
+            kept[at..].split(' ').next()?.parse().ok()
+        };
+        let search_ended = ms("good_ms=")? >= 0.8 * ms("bad_ms=")?;
+        (now["state"] == "connected" && in_band(interval) && search_ended).then_some(interval)
+    });
+    let Some(learned) = settled else {
+        panic!(
+            "never settled; status {:?}, state file {:?}\n{}\n{}",
+            status(&status_path),
+            std::fs::read_to_string(&file),
+            server.dump(),
+            first.output().dump()
+        );
+    };
+    let kept = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        kept.starts_with("wsbeat-state 1\n") && kept.contains("veth"),
+        "state file: {kept:?}"
+    );
+    let learned_after = started.elapsed();
+    first.signal(libc::SIGTERM);
+    assert_eq!(
+        first.wait_exit(scaled(secs(5))),
+        Some(0),
+        "{}",
+        first.output().dump()
+    );
+    let upgrades_before = server.upgrades();
+
+    // Start again: the first gap is the learned one, and the connection holds.
+    let mut second = client();
+    let up = server.expect_upgrades(scaled(secs(10)), upgrades_before + 1);
+    let on_it = |e: &Event| e.is_ping() && e.conn == up.conn;
+    // The first heartbeat, alone: started afresh it would come after MIN (3 s).
+    if let Some(first_ping) = server.wait_count(scaled(secs(15)), 1, on_it) {
+        let first_gap = first_ping[0].at.duration_since(up.at);
+        assert!(
+            first_gap >= band.0,
+            "first idle gap after the restart {first_gap:?}: learning again?\n{}\n{}",
+            server.dump(),
+            second.output().dump()
+        );
+    }
+    let pings = server.wait_count(scaled(secs(45)), 3, on_it);
+    let Some(pings) = pings else {
+        panic!(
+            "fewer than 3 heartbeats after the restart\n{}\n{}",
+            server.dump(),
+            second.output().dump()
+        );
+    };
+    // The gap at the server includes a round trip and scheduling on top of the interval.
+    let slack = scaled(Duration::from_millis(500));
+    let first_gap = pings[0].at.duration_since(up.at);
+    assert!(
+        first_gap >= band.0 && first_gap < band.1 + slack,
+        "first idle gap after the restart {first_gap:?}, outside [{:?}, {:?}) (learned {learned:?})\n{}\n{}",
+        band.0,
+        band.1,
+        server.dump(),
+        second.output().dump()
+    );
+    for pair in pings.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap >= band.0 && gap < band.1 + slack,
+            "heartbeat gap {gap:?} after the restart\n{}",
+            server.dump()
+        );
+    }
+    // Nothing lost: the third heartbeat was answered (the connection outlives its pong
+    // timeout) and no new connection was made.
+    std::thread::sleep(secs(3));
+    assert_eq!(
+        server.upgrades(),
+        upgrades_before + 1,
+        "a connection was lost after the restart\n{}\n{}",
+        server.dump(),
+        second.output().dump()
+    );
+    let output = second.output();
+    assert!(
+        !output.stderr.contains("connection lost"),
+        "{}",
+        output.dump()
+    );
+    assert!(output.stderr.contains("resuming"), "{}", output.dump());
+    eprintln!(
+        "NAT T = {t:?}: status interval {learned:?} after {learned_after:?} ({}); heartbeat gaps per \
+         connection {}; whole test {:?}",
+        kept.lines().last().unwrap_or_default(),
+        gaps(&server),
+        started.elapsed()
+    );
+}

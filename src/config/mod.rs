@@ -91,6 +91,8 @@ pub struct Config {
     pub socket_mode: u32,
     /// Local clients connected at once.
     pub socket_max_clients: usize,
+    /// `--state-dir`: where what `--ping-interval auto` learned is kept across restarts.
+    pub state_dir: Option<PathBuf>,
     /// Probe mode: one heartbeat, print its RTT, exit.
     pub once: bool,
     /// HTTP CONNECT proxy for this target (`--proxy` or the proxy variables), if any.
@@ -129,6 +131,7 @@ impl Config {
             socket: None,
             socket_mode: 0o660,
             socket_max_clients: 32,
+            state_dir: None,
             once: false,
             proxy: None,
         }

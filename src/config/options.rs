@@ -49,6 +49,7 @@ pub(super) enum Opt {
     Socket,
     SocketMode,
     SocketMaxClients,
+    StateDir,
     Once,
     Help,
     Version,
@@ -514,6 +515,21 @@ pub(super) const OPTIONS: &[Spec] = &[
         default: Some("32"),
         section: Section::Data,
         help: &["local clients connected at once [{default}]"],
+    },
+    Spec {
+        opt: Opt::StateDir,
+        name: "state-dir",
+        short: None,
+        takes: Takes::Value("DIR", |config, value| {
+            config.state_dir = path(value)?;
+            Ok(())
+        }),
+        default: None,
+        section: Section::Data,
+        help: &[
+            "keeps what --ping-interval auto learned",
+            "across restarts, per network path",
+        ],
     },
     Spec {
         opt: Opt::Once,

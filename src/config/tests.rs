@@ -720,3 +720,14 @@ fn metrics_file_and_link_watch() {
     assert!(!config.link_watch);
     assert!(run(&[URL]).link_watch);
 }
+
+#[test]
+fn state_dir_from_the_flag_or_the_environment() {
+    assert_eq!(run(&[URL]).state_dir, None);
+    let config = run(&["--state-dir", "/var/lib/wsbeat", URL]);
+    assert_eq!(config.state_dir, Some(PathBuf::from("/var/lib/wsbeat")));
+    let config = run_with(&[URL], &[("WSBEAT_STATE_DIR", "/s")]).unwrap();
+    assert_eq!(config.state_dir, Some(PathBuf::from("/s")));
+    let err = run_with(&["--state-dir", "", URL], &[]).unwrap_err();
+    assert!(err.to_string().starts_with("--state-dir: "), "{err}");
+}

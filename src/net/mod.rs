@@ -5,6 +5,7 @@
 
 pub mod dial;
 pub mod linkwatch;
+pub mod netpath;
 #[cfg(feature = "tls")]
 pub mod san;
 pub mod stream;

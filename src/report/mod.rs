@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observer;
 pub mod sd_notify;
+pub mod state_store;
 pub mod status_file;
 pub mod traffic;
 

@@ -185,6 +185,32 @@ impl StatusFile {
         result
     }
 
+    /// Replaces the file with `text` the same way, synced to disk before the rename
+    /// and the folder after it, so a power cut leaves the old file or the new one,
+    /// never an empty one. For rare writes that must survive a reboot
+    /// (`--state-dir`); the status and metrics files do not pay for it.
+    pub fn write_synced(&self, text: &str) -> io::Result<()> {
+        let (temp, mut file) = self.create_temp()?;
+        let result = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fs::rename(&temp, &self.path));
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+            return result;
+        }
+        // The rename itself is durable once the folder is synced; if that fails
+        // the new file is in place all the same.
+        if let Ok(dir) = File::open(if self.dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.dir
+        }) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
     /// A new, empty temporary file next to the target and its path. `O_CREAT|O_EXCL`
     /// never opens an existing file nor follows a symlink (`O_NOFOLLOW` says so once
     /// more), and the random part of the name keeps anyone from planting one in our

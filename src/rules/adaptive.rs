@@ -33,7 +33,9 @@
 //! (above); a timeout that grew is found by re-probing `bad` once every
 //! [`REPROBE_AFTER`], and a probe may cost a connection at most once per
 //! [`PROBE_LOSS_SPACING`]. The learned value lives as long as the process (it
-//! survives reconnects); a restart learns again, which costs minutes.
+//! survives reconnects); with `--state-dir` [`Adaptive::learned`] is kept per network
+//! path and [`Adaptive::resume`] starts a restart from it (the state store, `crate::report::state_store`), else a
+//! restart learns again, which costs minutes.
 //!
 //! Pure: every method takes `now`; unit-tested over simulated days.
 
@@ -63,6 +65,26 @@ pub fn lock(adaptive: &SharedAdaptive) -> MutexGuard<'_, Adaptive> {
     adaptive.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the rule knows about a path, the part worth keeping across restarts: the
+/// longest idle gap proven and the shortest that lost the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Learned {
+    /// The longest gap a heartbeat has survived.
+    pub good: Option<Duration>,
+    /// The shortest gap that lost the connection.
+    pub bad: Option<Duration>,
+}
+
+/// Told when [`Learned`] changes (at most once per answered heartbeat or reconnect).
+#[derive(Clone)]
+pub struct OnLearned(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnLearned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnLearned")
+    }
+}
+
 /// The learning state. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Adaptive {
@@ -81,6 +103,7 @@ pub struct Adaptive {
     /// The search has ended once: losses to probing are rationed from then on.
     ever_settled: bool,
     interval: Duration,
+    on_learned: Option<OnLearned>,
 }
 
 impl Adaptive {
@@ -98,6 +121,54 @@ impl Adaptive {
             last_probe_loss: None,
             ever_settled: false,
             interval: min,
+            on_learned: None,
+        }
+    }
+
+    /// Calls `hook` whenever [`Adaptive::learned`] changes (the caller keeps it).
+    pub fn set_on_learned(&mut self, hook: OnLearned) {
+        self.on_learned = Some(hook);
+    }
+
+    /// What has been learned so far.
+    pub fn learned(&self) -> Learned {
+        Learned {
+            good: self.good,
+            bad: self.bad,
+        }
+    }
+
+    /// Starts over on a path from what was `learned` there before (a restart, or a
+    /// move back to a path seen before), with the usual doubt, re-probe and outage
+    /// rules from here on: a settled path resumes at its settled interval, a search
+    /// goes on where it stopped. `Learned::default()` starts afresh at `MIN`, as a
+    /// first start does. An entry gone stale (the path's timeout dropped while the
+    /// device was off) is no special case: a loss at the remembered interval is a
+    /// loss at a proven gap, i.e. a doubt, exactly as on a path whose timeout drops
+    /// while running.
+    pub fn resume(&mut self, learned: Learned, now: Instant) {
+        let on_learned = self.on_learned.take();
+        *self = Adaptive::new(self.min, self.max);
+        self.on_learned = on_learned;
+        self.good = learned.good.filter(|good| !good.is_zero());
+        // A failing gap at or below a proven one means the timeout grew since (as
+        // `on_answered` concludes): only the proven one is kept.
+        self.bad = learned
+            .bad
+            .filter(|bad| !bad.is_zero() && self.good.is_none_or(|good| *bad > good));
+        if self.good.is_some() || self.bad.is_some() {
+            self.choose(now);
+        }
+    }
+
+    /// Tells the hook if what is learned differs from `before`.
+    fn tell(&self, before: Learned) {
+        if let Some(hook) = self
+            .on_learned
+            .as_ref()
+            .filter(|_| self.learned() != before)
+        {
+            (hook.0)();
         }
     }
 
@@ -114,6 +185,12 @@ impl Adaptive {
 
     /// A heartbeat sent after `gap` with nothing received was answered.
     pub fn on_answered(&mut self, gap: Duration, now: Instant) {
+        let before = self.learned();
+        self.answered(gap, now);
+        self.tell(before);
+    }
+
+    fn answered(&mut self, gap: Duration, now: Instant) {
         self.doubts = 0;
         if self.good.is_none_or(|good| gap > good) {
             self.good = Some(gap);
@@ -136,6 +213,12 @@ impl Adaptive {
     /// The next connect succeeded: the path works, so a loss after an idle gap was
     /// the path forgetting the flow.
     pub fn on_reconnected(&mut self, now: Instant) {
+        let before = self.learned();
+        self.reconnected(now);
+        self.tell(before);
+    }
+
+    fn reconnected(&mut self, now: Instant) {
         let Some(gap) = self.pending.take() else {
             return;
         };
@@ -493,5 +576,147 @@ mod tests {
         adaptive.on_lost(None);
         adaptive.on_reconnected(now);
         assert_eq!(adaptive.interval(), secs(30));
+    }
+
+    // A restart in virtual time: what the store keeps is `learned()`, what a new
+    // process does with it on a known path is `resume()` (the file's round trip and
+    // the path keys are the state store's tests).
+
+    #[test]
+    fn a_restart_on_the_same_path_resumes_with_nothing_lost() {
+        for t in [20, 60, 120, 250] {
+            let mut before = Path::new(Some(secs(t)));
+            before.run_for(secs(30 * 60));
+            let learned_interval = before.adaptive.interval();
+            assert!(before.in_band(), "T={t}s");
+            let kept = before.adaptive.learned();
+
+            // The new process: fresh at MIN until its first connect tells the path.
+            let mut after = Path::new(Some(secs(t)));
+            assert_eq!(after.adaptive.interval(), DEFAULT_MIN);
+            after.adaptive.resume(kept, after.now);
+            assert_eq!(after.adaptive.interval(), learned_interval, "T={t}s");
+            assert!(after.in_band() && after.adaptive.settled(), "T={t}s");
+            // The first hour: no connection lost, no heartbeat below the band.
+            let mut heartbeats = 0;
+            let end = after.now + secs(3600);
+            while after.now < end {
+                after.step();
+                heartbeats += 1;
+                assert!(after.in_band(), "T={t}s: left the band");
+            }
+            assert!(
+                after.idle_losses.is_empty(),
+                "T={t}s: {:?}",
+                after.idle_losses
+            );
+            let settled_rate = 3600.0 / learned_interval.as_secs_f64();
+            assert!(
+                f64::from(heartbeats) <= settled_rate + 1.0,
+                "T={t}s: {heartbeats} heartbeats in the first hour, settled rate {settled_rate:.1}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_restart_on_another_path_starts_afresh_at_min() {
+        let mut home = Path::new(Some(secs(250)));
+        home.run_for(secs(30 * 60));
+        let home_interval = home.adaptive.interval();
+        let home_learned = home.adaptive.learned();
+
+        // Another path has no entry: the new process starts as a first start does.
+        let mut away = Path::new(Some(secs(45)));
+        away.adaptive.resume(Learned::default(), away.now);
+        assert_eq!(away.adaptive.interval(), DEFAULT_MIN);
+        assert!(!away.adaptive.settled());
+        away.run_for(secs(30 * 60));
+        assert!(away.in_band(), "{:?}", away.adaptive.interval());
+        // It never tried the home path's interval, far above this one's timeout.
+        assert!(away.idle_losses.len() <= 3, "{:?}", away.idle_losses.len());
+
+        // Back home (a reconnect in the same process): the home entry again.
+        away.adaptive.resume(home_learned, away.now);
+        assert_eq!(away.adaptive.interval(), home_interval);
+    }
+
+    #[test]
+    fn a_stale_entry_follows_the_usual_rules() {
+        // Learned behind a 250 s timeout; while the device was off the carrier cut it
+        // to 60 s. The remembered interval is a proven gap: its first loss is a doubt
+        // (as for a running device whose path changed), the second starts a search.
+        let mut before = Path::new(Some(secs(250)));
+        before.run_for(secs(30 * 60));
+        let kept = before.adaptive.learned();
+        let mut after = Path::new(Some(secs(60)));
+        after.adaptive.resume(kept, after.now);
+        let remembered = after.adaptive.interval();
+        after.run_for(secs(30 * 60));
+        assert!(after.in_band(), "{:?}", after.adaptive.interval());
+        let at_remembered = after.idle_losses.len();
+        // No special case: exactly what a running device loses when its path's
+        // timeout drops from 250 s to 60 s under it.
+        let mut running = Path::new(Some(secs(250)));
+        running.run_for(secs(30 * 60));
+        running.timeout = Some(secs(60));
+        let dropped_at = running.now;
+        running.run_for(secs(30 * 60));
+        let while_running = running.most_losses_in(dropped_at, secs(30 * 60));
+        assert!(
+            at_remembered <= while_running,
+            "{at_remembered} losses after resuming at {remembered:?}, {while_running} when the \
+             timeout drops while running"
+        );
+        eprintln!(
+            "stale entry (250 s learned, 60 s now): {at_remembered} connections lost settling \
+             again, as a running device ({while_running})"
+        );
+        let settled = after.now;
+        after.run_for(secs(7 * 24 * 3600));
+        assert!(after.most_losses_in(settled, secs(6 * 3600)) <= 1);
+    }
+
+    #[test]
+    fn resume_is_bounded_by_min_and_max_and_tells_only_real_changes() {
+        let now = Instant::now();
+        let mut adaptive = Adaptive::new(secs(15), secs(60));
+        // Learned with wider bounds: held to this run's MAX.
+        let wide = Learned {
+            good: Some(secs(250)),
+            bad: Some(secs(300)),
+        };
+        adaptive.resume(wide, now);
+        assert_eq!(adaptive.interval(), secs(60));
+        // A failing gap at or below the proven one: the timeout grew, keep the proven.
+        adaptive.resume(
+            Learned {
+                good: Some(secs(40)),
+                bad: Some(secs(30)),
+            },
+            now,
+        );
+        assert_eq!(adaptive.learned().bad, None);
+        // Nothing known: MIN, as a first start.
+        adaptive.resume(Learned::default(), now);
+        assert_eq!(adaptive.interval(), secs(15));
+
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&told);
+        adaptive.set_on_learned(OnLearned(Arc::new(move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })));
+        let told = || told.load(std::sync::atomic::Ordering::Relaxed);
+        adaptive.on_answered(secs(15), now);
+        assert_eq!(told(), 1);
+        // A shorter gap answered teaches nothing new.
+        adaptive.on_answered(secs(10), now);
+        assert_eq!(told(), 1);
+        adaptive.on_lost(Some(secs(30)));
+        adaptive.on_reconnected(now);
+        assert_eq!(told(), 2, "a lost gap is learned");
+        // The hook survives a resume.
+        adaptive.resume(Learned::default(), now);
+        adaptive.on_answered(secs(15), now);
+        assert_eq!(told(), 3);
     }
 }

@@ -31,10 +31,12 @@ pub use crate::events::{ConnId, Ending, Event, Observer};
 use crate::local::delivery::{self, Delivery};
 use crate::local::outbox::Outbox;
 use crate::net::linkwatch::{LinkEvent, LinkWatch};
+use crate::net::netpath;
 use crate::net::stream::Connection;
 use crate::net::tls::{Connector, TlsFiles};
 use crate::report::metrics;
 use crate::report::sd_notify::{Notifier, Notify};
+use crate::report::state_store::{self, Memory};
 use crate::report::status_file::{LocalCounts, StatusFile};
 use crate::report::traffic::Traffic;
 use crate::report::{Facts, Report};
@@ -136,6 +138,8 @@ pub struct Supervisor {
     link_watch: Option<LinkWatch>,
     /// With a local socket: its counts, for the status file.
     local_counts: Option<LocalCountsReader>,
+    /// `--state-dir`: what `adaptive` learned, per network path, across restarts.
+    memory: Option<Memory>,
 }
 
 impl Supervisor {
@@ -157,6 +161,10 @@ impl Supervisor {
         let adaptive = config
             .auto_interval
             .map(|(min, max)| Arc::new(Mutex::new(Adaptive::new(min, max))));
+        let learned = events.clone();
+        let memory = state_store::open_for(&config, adaptive.as_ref(), move || {
+            let _ = learned.send(Event::Learned);
+        });
         let machine = Machine::new(
             settings(&config, None, report.is_read()),
             Backoff::new(config.backoff_initial, config.backoff_max),
@@ -183,6 +191,7 @@ impl Supervisor {
             adaptive,
             link_watch: None,
             local_counts: None,
+            memory,
         })
     }
 
@@ -323,6 +332,18 @@ impl Supervisor {
             }
             Input::Connected { conn } if self.machine.attempt() == Some(*conn) => {
                 if let Some(adaptive) = &self.adaptive {
+                    // Before the first heartbeat: the path decides where the learning starts.
+                    if let (Some(memory), Some((_, connection))) =
+                        (&mut self.memory, &self.upgraded)
+                    {
+                        if let (Ok(local), Ok(peer)) =
+                            (connection.tcp.local_addr(), connection.tcp.peer_addr())
+                        {
+                            let path = netpath::path_of(local.ip(), peer.ip());
+                            let mut adaptive = adaptive::lock(adaptive);
+                            memory.connected_via(path, &mut adaptive, Instant::now());
+                        }
+                    }
                     adaptive::lock(adaptive).on_reconnected(Instant::now());
                 }
             }
@@ -351,6 +372,12 @@ impl Supervisor {
             Event::Closed { conn, code, reason } => Input::Closed { conn, code, reason },
             Event::Dead { conn, reason, idle } => self.dead(conn, reason, idle),
             Event::Link(event) => return self.link_input(event),
+            Event::Learned => {
+                if let (Some(memory), Some(adaptive)) = (&mut self.memory, &self.adaptive) {
+                    memory.learned(&adaptive::lock(adaptive));
+                }
+                return None;
+            }
             Event::InputClosed => {
                 log::debug!("stdin closed; the connection stays up");
                 return None;
@@ -464,6 +491,9 @@ impl Supervisor {
         // No more lines: a producer waiting for room goes on, its line discarded.
         self.outbox.close();
         self.teardown(false);
+        if let (Some(memory), Some(adaptive)) = (&mut self.memory, &self.adaptive) {
+            memory.exit(&adaptive::lock(adaptive));
+        }
         // Aborted attempts end at once; one stuck in DNS or in the TCP connect cannot be
         // interrupted and gets a bounded wait before the process leaves it behind.
         let give_up = self
