@@ -177,6 +177,9 @@ fn a_burst_of_20000_lines_from_one_client_arrives_complete() {
     // A small queue, so the burst runs into backpressure while connected.
     let local = Local::start(&server.url(), &["--queue-size", "50"]);
     let up = server.expect_upgrades(WAIT(), 1);
+    // Connected as wsbeat sees it: the server's upgrade comes first, and until then
+    // the queue's outage bounds (drop oldest beyond 50 lines) rightly apply.
+    local.wait_status("state", "connected");
     let mut client = local.client();
     let burst: String = (0..20_000).map(|i| format!("line-{i:05}\n")).collect();
     let writer = std::thread::spawn(move || {
