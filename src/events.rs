@@ -12,8 +12,8 @@ pub use crate::rules::machine::{ConnId, Ending};
 
 /// Everything that wakes the supervisor.
 pub enum Event {
-    /// A connect attempt finished.
-    Connected {
+    /// A connect attempt ended: upgraded, or failed.
+    AttemptEnded {
         /// The attempt.
         conn: ConnId,
         /// The connection, or why there is none.

@@ -17,35 +17,59 @@
 //! async runtime.
 //!
 //! # Out of scope
-//! Servers, multiplexing, message acknowledgement (a line written to a socket
-//! that dies before the server reads it is lost), proxies other than HTTP CONNECT
-//! (SOCKS), compression.
+//! Servers, multiplexing, application-level acknowledgement (lines the peer's TCP
+//! never acknowledged are sent again after a reconnect, so delivery is at least
+//! once, but nothing confirms that the server *processed* a line), proxies other
+//! than HTTP CONNECT (SOCKS), compression.
 //!
-//! # Anatomy
+//! # Anatomy: one folder per layer
+//! Each layer imports only the layers below it (no import cycle, no arrow back up):
+//! ```text
+//! main.rs, lib.rs      the command line client: threads for stdin, signals, the local socket
+//! supervisor/          the driver: owns the threads and joins them, carries out the machine's
+//!                      actions (attempt: connect threads; serve: a connection's threads,
+//!                      liveness verdicts, teardown)
+//! connection/          one connection: the shared socket and its lock discipline, the reader,
+//!                      the writer (heartbeats and lines)
+//! local/               the device's side: stdin, the outbox, delivery to stdout, the local
+//!                      socket (one poll(2) thread, a pure fan-out log), signals
+//! events.rs            what the threads tell the supervisor
+//! net/                 reaching the server: Happy Eyeballs, the proxy tunnel, TLS, the
+//!                      upgrade under one deadline, the byte stream, the kernel's link changes
+//! config/, report/     the command line and environment (proxy selection, header file);
+//!                      what the client reports (status and metrics files, systemd, the
+//!                      observer, counters, the learned-heartbeat store)
+//! rules/               the decisions, pure: the machine and its timer table, backoff,
+//!                      liveness, the heartbeat schedule, the adaptive interval, the
+//!                      unacknowledged-lines window. No I/O, no clock, no thread.
+//! error.rs, os.rs      the errors at each boundary; every raw OS call (the only unsafe code)
+//! ```
+//!
+//! # Threads
 //! ```text
 //!   stdin thread ── Outbox (waits when full and connected) ──────┐
 //!  signals thread ─┐                                             v
-//!      link watch ─┼─ Event channel ─> supervisor ─ Command ─> heartbeat thread (only writer)
+//!      link watch ─┼─ Event channel ─> supervisor ─ Command ─> writer thread (heartbeats, lines)
 //!   reader thread ─┤                    │     ^ inputs  v actions
-//! heartbeat thread ┘                    │   machine (pure decisions, virtual-time tests)
+//!   writer thread ─┘                    │   machine (rules/: every deadline, one timer table)
 //!    connect thread (one per attempt) ──┘
 //!   reader thread ── Delivery (bytes-bounded) ──> output thread ──> stdout
 //!   with --socket: local thread (one poll) ── lines ──> Outbox;
 //!                  output thread ──> Fanout log ──> local thread ──> clients
 //! ```
 //! The [`Supervisor`] is a driver: every decision (reconnect delays, `--max-retries`,
-//! reload and stop in each phase, the watchdog) is made by the pure state machine (`machine`),
-//! which reads no clock. Per connection (`connection`), the reader waits for
-//! readability outside the socket lock; the heartbeat thread is the only writer
-//! and sleeps until its next ping or a command. Neither judges liveness: the
-//! supervisor does, from their shared bookkeeping, and shuts the socket down under
-//! a thread stuck in I/O. Lines reach the heartbeat thread through the
-//! outbox (stdin waits there while connected and full; drop-oldest while
-//! disconnected); received messages leave the reader through the delivery
-//! buffer to an output thread, so neither direction can stall the other or the
-//! heartbeat, and both are bounded in bytes. Every event carries its
-//! connection's id, so late events from a torn-down connection are ignored. The
-//! supervisor joins every thread it starts.
+//! reload and stop in each phase, the watchdog, when to judge a connection's
+//! liveness) is made by the pure state machine, which reads no clock. Per
+//! connection, the reader waits for readability outside the socket lock; the
+//! writer thread is the only writer and sleeps until its next heartbeat or a
+//! command. Neither judges liveness: the supervisor does, from their shared
+//! bookkeeping, and shuts the socket down under a thread stuck in I/O. Lines reach
+//! the writer through the outbox (stdin and the local socket wait there while
+//! connected and full; drop-oldest while disconnected); received messages leave
+//! the reader through the delivery buffer to an output thread, so neither
+//! direction can stall the other or the heartbeat, and both are bounded in bytes.
+//! Every event carries its connection's id, so late events from a torn-down
+//! connection are ignored. The supervisor joins every thread it starts.
 //!
 //! # Embedding
 //! ```no_run

@@ -1,6 +1,6 @@
 //! HTTP CONNECT proxies, as configuration: which one a target goes through
 //! (`--proxy`, `WSBEAT_PROXY`, then the usual `https_proxy`/`http_proxy`/`all_proxy`
-//! and `no_proxy` variables). Opening the tunnel is [`crate::net::tunnel`]'s.
+//! and `no_proxy` variables). Opening the tunnel is `net::tunnel`'s.
 //!
 //! The credentials of a proxy URL become a `Proxy-Authorization: Basic` value at once
 //! and are never shown again: [`Proxy`]'s `Display` and `Debug` print `http://host:port`.

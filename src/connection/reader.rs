@@ -135,7 +135,7 @@ impl Reader {
 
     /// Feeds what arrived into the shared liveness state. Only the first proof of
     /// life wakes the supervisor (it resets the backoff); later ones just update
-    /// the state the heartbeat thread reads at its next wake-up.
+    /// the state the writer thread reads at its next wake-up.
     fn record(&self, proofs: &mut Vec<(Proof, Instant)>) {
         let mut live = liveness::lock(&self.liveness);
         let was_proven = live.proven();

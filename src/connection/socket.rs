@@ -47,7 +47,7 @@ impl Drain for Stream {
     }
 }
 
-/// The connection's WebSocket, shared by its reader and heartbeat threads.
+/// The connection's WebSocket, shared by its reader and writer threads.
 pub struct SharedSocket<S = Stream> {
     ws: Mutex<WebSocket<S>>,
     writers_waiting: AtomicUsize,

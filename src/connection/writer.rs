@@ -1,4 +1,4 @@
-//! The heartbeat thread, which is also the connection's only writer of data frames.
+//! The writer thread: the connection's only writer, of heartbeats and of lines.
 //!
 //! It sleeps in `recv_timeout` on its command channel until the next heartbeat is
 //! due ([`Cadence::next_ping`]) or a command arrives, so an idle connection wakes
@@ -35,7 +35,7 @@ use crate::rules::heartbeat::Cadence;
 use crate::rules::liveness::{SharedLiveness, encode_ping, lock};
 use crate::rules::unacked::{self, SentWindow};
 
-/// What the supervisor (and the outbox) ask the heartbeat thread to do.
+/// What the supervisor (and the outbox) ask the writer thread to do.
 #[derive(Debug)]
 pub enum Command {
     /// Lines wait in the outbox.
@@ -44,7 +44,7 @@ pub enum Command {
     Close(CloseCode, &'static str),
 }
 
-/// How the heartbeat thread pings.
+/// How the writer thread pings.
 #[derive(Debug, Clone)]
 pub struct PingPlan {
     /// When: fixed interval (or none), or at once (`--once`).
@@ -88,7 +88,7 @@ impl PingPlan {
 /// of small lines, and the reader and heartbeat get their turn between batches.
 pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
-/// Everything the heartbeat thread needs.
+/// Everything the writer thread needs.
 pub struct Writer {
     /// Connection this thread serves; tags every event.
     pub conn: ConnId,
@@ -120,7 +120,7 @@ const WINDOW_RECHECK_MIN: Duration = Duration::from_millis(10);
 const WINDOW_RECHECK_MAX: Duration = Duration::from_millis(500);
 
 impl Writer {
-    /// Body of the heartbeat thread: heartbeats when they are due, lines when the
+    /// Body of the writer thread: heartbeats when they are due, lines when the
     /// outbox has some, the Close when asked; a failed write ends the connection.
     /// Woken by the outbox, it writes lines in batches until the outbox runs dry,
     /// and puts back what a failed write did not take. Returns the lines sent and

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::net::dial::Wake;
+use crate::net::eyeballs::Wake;
 use crate::os;
 
 /// What the kernel reported.

@@ -3,7 +3,7 @@
 //! build), the WebSocket upgrade under one deadline (`transport`), and the
 //! kernel's address and route changes (`linkwatch`).
 
-pub mod dial;
+pub mod eyeballs;
 pub mod linkwatch;
 pub mod netpath;
 #[cfg(feature = "tls")]

@@ -1,4 +1,4 @@
-//! Opening a connection: resolve, TCP (Happy Eyeballs, [`crate::net::dial`]), the HTTP
+//! Opening a connection: resolve, TCP (Happy Eyeballs, [`crate::net::eyeballs`]), the HTTP
 //! proxy's tunnel if any ([`crate::net::tunnel`]), TLS, WebSocket upgrade, all under one
 //! deadline (`--connect-timeout`), and classifying why an attempt failed.
 //!
@@ -24,14 +24,14 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::config::Target;
 use crate::config::proxy::Proxy;
 use crate::error::{ConnectError, Stage};
-use crate::net::dial::{self, Wake};
+use crate::net::eyeballs::{self, Wake};
 use crate::net::stream::{Connection, Socket, Stream, stream_length};
 use crate::net::tls::Connector;
 use crate::net::tunnel;
 use crate::report::traffic::Traffic;
 
 /// What one connection attempt needs.
-pub struct Dial<'a> {
+pub struct AttemptPlan<'a> {
     /// Where to.
     pub target: &'a Target,
     /// Extra handshake headers.
@@ -107,7 +107,7 @@ impl Abort {
 
 /// Opens and upgrades a connection before `deadline`, unless `abort` says stop first.
 pub fn connect(
-    dial: &Dial<'_>,
+    dial: &AttemptPlan<'_>,
     deadline: Instant,
     abort: &Abort,
 ) -> Result<Connection, ConnectError> {
@@ -154,7 +154,7 @@ pub fn connect(
 
 /// The addresses of the target, or of the proxy when there is one (the proxy resolves
 /// the target).
-fn resolve(dial: &Dial<'_>) -> Result<Vec<SocketAddr>, ConnectError> {
+fn resolve(dial: &AttemptPlan<'_>) -> Result<Vec<SocketAddr>, ConnectError> {
     let (host, port, whose) = match dial.proxy {
         Some(proxy) => (proxy.host.as_str(), proxy.port, "proxy "),
         None => (dial.target.host.as_str(), dial.target.port, ""),
@@ -192,7 +192,7 @@ fn connect_tcp(
 ) -> Result<TcpStream, ConnectError> {
     let wake = Arc::new(Wake::new().map_err(ConnectError::Tcp)?);
     abort.arm(Some(Arc::clone(&wake)))?;
-    let result = dial::connect(addrs, deadline, &wake);
+    let result = eyeballs::connect(addrs, deadline, &wake);
     let _ = abort.arm(None);
     match (result, through) {
         (Err(ConnectError::Tcp(err)), Some(proxy)) if err.kind() != io::ErrorKind::Interrupted => {
@@ -260,7 +260,7 @@ fn handshake_tls(
 }
 
 fn upgrade(
-    dial: &Dial<'_>,
+    dial: &AttemptPlan<'_>,
     stream: Stream,
     control: &TcpStream,
     deadline: Instant,

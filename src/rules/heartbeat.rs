@@ -1,5 +1,5 @@
 //! When the next heartbeat is due: a pure rule over the connection's [`Liveness`],
-//! shared by the heartbeat thread (which sends it) and the supervisor (which
+//! shared by the writer thread (which sends it) and the supervisor (which
 //! judges its answer `--pong-timeout` later without being told it was sent).
 //! Tested in virtual time.
 

@@ -73,8 +73,8 @@ pub enum Verdict {
 
 /// Whether the connection is known alive, per the contract's rules, for one connection.
 ///
-/// Pure: every method takes `now`. Tolerates the heartbeat thread's "ping sent"
-/// report arriving after the reader's report of its answer. The heartbeat thread
+/// Pure: every method takes `now`. Tolerates the writer thread's "ping sent"
+/// report arriving after the reader's report of its answer. The writer thread
 /// records pings, messages and writes; the reader records what arrives; the
 /// supervisor, which never blocks in I/O, judges ([`Liveness::verdict`]).
 #[derive(Debug)]
@@ -97,7 +97,7 @@ pub struct Liveness {
     unconfirmed_since: Option<Instant>,
     /// Latest message sent.
     last_message_at: Option<Instant>,
-    /// The heartbeat thread has been inside a socket write since then.
+    /// The writer thread has been inside a socket write since then.
     writing_since: Option<Instant>,
     /// `--ping-interval auto`: the idle gap before the heartbeat waiting for its answer.
     probe: Option<Duration>,
@@ -152,7 +152,7 @@ impl Liveness {
         self.resumed_at = self.resumed_at.max(Some(at));
     }
 
-    /// The heartbeat thread sent heartbeat `seq` at `sent_at`, at heartbeat
+    /// The writer thread sent heartbeat `seq` at `sent_at`, at heartbeat
     /// interval `interval` (the bound on deferring its own answer).
     pub fn on_ping_sent(&mut self, seq: u64, sent_at: Instant, interval: Duration) {
         self.last_sent = self.last_sent.max(Some(sent_at));
@@ -173,13 +173,13 @@ impl Liveness {
         self.unanswered.push_back(waiting);
     }
 
-    /// The heartbeat thread wrote messages of the client's own at `at`.
+    /// The writer thread wrote messages of the client's own at `at`.
     pub fn on_messages_sent(&mut self, at: Instant) {
         self.unconfirmed_since = self.unconfirmed_since.or(Some(at));
         self.last_message_at = self.last_message_at.max(Some(at));
     }
 
-    /// The heartbeat thread enters (`Some`) or leaves (`None`) a socket write.
+    /// The writer thread enters (`Some`) or leaves (`None`) a socket write.
     pub fn set_writing(&mut self, since: Option<Instant>) {
         self.writing_since = since;
     }
@@ -395,7 +395,7 @@ impl Liveness {
 }
 
 /// Liveness shared by a connection's reader (which records answers) and its
-/// heartbeat thread (which records pings and judges death).
+/// writer thread (which records pings and judges death).
 pub type SharedLiveness = Arc<Mutex<Liveness>>;
 
 /// Locks the liveness state. A poisoned lock is taken over: its data is plain
@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn answer_reported_before_its_ping_still_counts() {
-        // The reader may report the pong before the heartbeat thread reports the send.
+        // The reader may report the pong before the writer thread reports the send.
         let t0 = Instant::now();
         for strict in [false, true] {
             let mut live = Liveness::new(HeartbeatMode::Control, strict, secs(10), t0);

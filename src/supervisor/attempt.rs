@@ -13,7 +13,7 @@ use crate::config::headers::read_header_file;
 use crate::connection::writer::WRITE_BATCH_BYTES;
 use crate::error::{ConnectError, Stage};
 use crate::events::{ConnId, Event};
-use crate::net::transport::{self, Abort, Dial};
+use crate::net::transport::{self, Abort, AttemptPlan};
 use crate::rules::machine::Input;
 
 /// A connect thread and the handle that cuts its handshakes short.
@@ -24,7 +24,7 @@ pub(super) struct Attempt {
 
 impl Supervisor {
     /// Starts attempt `conn`; reports its deadline, or why it could not start.
-    pub(super) fn dial(&mut self, conn: ConnId) -> Input {
+    pub(super) fn start_attempt(&mut self, conn: ConnId) -> Input {
         if let Some(path) = &self.config.header_file {
             // Re-read on every attempt so a rotated token is used without a restart.
             match read_header_file(path) {
@@ -64,7 +64,7 @@ impl Supervisor {
             .name("wsbeat-connect".into())
             .stack_size(THREAD_STACK)
             .spawn(move || {
-                let dial = Dial {
+                let dial = AttemptPlan {
                     target: &target,
                     headers: &headers,
                     subprotocols: &subprotocols,
@@ -75,7 +75,7 @@ impl Supervisor {
                     proxy: proxy.as_ref(),
                 };
                 let result = transport::connect(&dial, deadline, &abort_handle).map(Box::new);
-                let _ = events.send(Event::Connected { conn, result });
+                let _ = events.send(Event::AttemptEnded { conn, result });
             });
         match spawned {
             Ok(thread) => {
@@ -84,7 +84,7 @@ impl Supervisor {
                     self.config.target.shown()
                 );
                 self.attempts.insert(conn, Attempt { thread, abort });
-                Input::Dialing { conn, deadline }
+                Input::AttemptStarted { conn, deadline }
             }
             Err(err) => Input::ConnectFailed {
                 conn,

@@ -6,7 +6,7 @@
 //! status file, talk to systemd, exit.
 //!
 //! It never touches the socket itself except to shut it down: writes go through
-//! the connection's heartbeat thread, reads happen on its reader thread, and the
+//! the connection's writer thread, reads happen on its reader thread, and the
 //! connect attempt runs on a connect thread. So the supervisor's own wait is
 //! always a `recv_timeout` until its next deadline, and it stays responsive to
 //! signals and the watchdog whatever the network does.
@@ -355,7 +355,7 @@ impl Supervisor {
     /// The machine's view of an event; `None` for what only the driver cares about.
     fn input_for(&mut self, event: Event) -> Option<Input> {
         Some(match event {
-            Event::Connected { conn, result } => {
+            Event::AttemptEnded { conn, result } => {
                 // Sending its result is the attempt thread's last act: join it now.
                 if let Some(attempt) = self.attempts.remove(&conn) {
                     let _ = attempt.thread.join();
@@ -422,7 +422,7 @@ impl Supervisor {
 
     fn carry_out_one(&mut self, action: Action) -> Option<Input> {
         match action {
-            Action::Dial { conn } => return Some(self.dial(conn)),
+            Action::StartAttempt { conn } => return Some(self.start_attempt(conn)),
             Action::Abandon { conn, timed_out } => {
                 let stage = self.abandon(conn);
                 if timed_out {
@@ -507,7 +507,7 @@ impl Supervisor {
         while !self.attempts.is_empty() {
             let left = give_up.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(left) {
-                Ok(Event::Connected { conn, .. }) => {
+                Ok(Event::AttemptEnded { conn, .. }) => {
                     if let Some(attempt) = self.attempts.remove(&conn) {
                         let _ = attempt.thread.join();
                     }

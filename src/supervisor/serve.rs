@@ -1,4 +1,4 @@
-//! Serving a live connection: its reader and heartbeat threads, judging its
+//! Serving a live connection: its reader and writer threads, judging its
 //! liveness from the bookkeeping they share, and tearing it down (the socket shut
 //! down before any join, unacknowledged lines queued again).
 
@@ -35,10 +35,10 @@ pub(super) struct Active {
     pub(super) reader: JoinHandle<()>,
     /// Returns the lines sent and not known acknowledged.
     pub(super) heartbeat: JoinHandle<Option<SentWindow>>,
-    /// Disconnects when the heartbeat thread has ended: a bounded wait for it.
+    /// Disconnects when the writer thread has ended: a bounded wait for it.
     pub(super) heartbeat_done: Receiver<()>,
     pub(super) liveness: SharedLiveness,
-    /// The heartbeat thread's plan, to judge its answers by the same rule.
+    /// The writer thread's plan, to judge its answers by the same rule.
     pub(super) plan: PingPlan,
 }
 
@@ -63,7 +63,7 @@ impl Supervisor {
         self.config.pong_timeout.max(Duration::from_secs(1))
     }
 
-    /// Serves `connection`: its reader and heartbeat threads, and the outbox's wake-ups.
+    /// Serves `connection`: its reader and writer threads, and the outbox's wake-ups.
     pub(super) fn activate(
         &mut self,
         conn: ConnId,
@@ -132,7 +132,7 @@ impl Supervisor {
             .map_err(ConnectError::Tcp)?;
         let (done, heartbeat_done) = mpsc::channel::<()>();
         let heartbeat = thread::Builder::new()
-            .name("wsbeat-heartbeat".into())
+            .name("wsbeat-writer".into())
             .stack_size(THREAD_STACK)
             .spawn(move || {
                 let unacknowledged = writer.run();

@@ -170,7 +170,7 @@ impl Machine {
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         let watchdog = self.settings.watchdog.map(|interval| now + interval);
         self.timers.set(Timer::Watchdog, watchdog);
-        self.dial(now);
+        self.start_attempt(now);
         self.take_actions()
     }
 
@@ -199,7 +199,7 @@ impl Machine {
             (Timer::Reconnect, Phase::Backoff { .. }) if self.stop_by.is_some() => {
                 self.exit(Ending::Stopped, now);
             }
-            (Timer::Reconnect, Phase::Backoff { .. }) => self.dial(now),
+            (Timer::Reconnect, Phase::Backoff { .. }) => self.start_attempt(now),
             // The driver answers with the failure and the stage that ran out.
             (Timer::ConnectGiveUp, &Phase::Connecting { conn }) => {
                 self.actions.push(Action::Abandon {
@@ -237,7 +237,7 @@ impl Machine {
     /// Something happened at `now`.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
         match input {
-            Input::Dialing { conn, deadline } => {
+            Input::AttemptStarted { conn, deadline } => {
                 if self.attempt() == Some(conn) {
                     self.timers.set(Timer::ConnectGiveUp, Some(deadline));
                 }
@@ -301,13 +301,13 @@ impl Machine {
         }
     }
 
-    fn dial(&mut self, now: Instant) {
+    fn start_attempt(&mut self, now: Instant) {
         self.next_conn += 1;
         self.enter(Phase::Connecting {
             conn: self.next_conn,
         });
         self.set_state(State::Connecting, now);
-        self.actions.push(Action::Dial {
+        self.actions.push(Action::StartAttempt {
             conn: self.next_conn,
         });
     }
@@ -489,7 +489,7 @@ impl Machine {
             }),
             _ => {}
         }
-        self.dial(now);
+        self.start_attempt(now);
     }
 
     /// While waiting to retry, a new address or default route cuts the wait to a

@@ -57,7 +57,7 @@ pub const QUIET_PROOF: Duration = Duration::from_secs(10);
 pub const STOP_BUDGET: Duration = Duration::from_millis(1800);
 /// Bound on writing the Close of a SIGHUP reload.
 pub const RELOAD_CLOSE_WRITE: Duration = Duration::from_millis(500);
-/// How long a graceful teardown lets the heartbeat thread finish its last write (a
+/// How long a graceful teardown lets the writer thread finish its last write (a
 /// Close) before the socket is shut down under it: a write that waits on a read (a
 /// TLS renegotiation) is bounded by nothing else.
 pub const CLOSE_DRAIN: Duration = Duration::from_millis(500);
@@ -82,7 +82,7 @@ pub struct Settings {
 #[derive(Debug)]
 pub enum Input {
     /// The attempt's thread runs, with this deadline (from after the TLS set-up).
-    Dialing {
+    AttemptStarted {
         /// The attempt.
         conn: ConnId,
         /// When the attempt itself gives up.
@@ -148,8 +148,8 @@ pub enum Input {
 #[derive(Debug, PartialEq)]
 pub enum Action {
     /// Start attempt `conn` (re-read the header file, set up TLS, spawn the thread),
-    /// then report [`Input::Dialing`] or [`Input::ConnectFailed`].
-    Dial {
+    /// then report [`Input::AttemptStarted`] or [`Input::ConnectFailed`].
+    StartAttempt {
         /// The new attempt.
         conn: ConnId,
     },

@@ -78,16 +78,16 @@ impl Run {
         actions
             .iter()
             .find_map(|a| match a {
-                Action::Dial { conn } => Some(*conn),
+                Action::StartAttempt { conn } => Some(*conn),
                 _ => None,
             })
-            .unwrap_or_else(|| panic!("no Dial in {actions:?}"))
+            .unwrap_or_else(|| panic!("no StartAttempt in {actions:?}"))
     }
 
     /// Dials, connects, and returns the live connection's id.
     fn connect(&mut self, conn: ConnId) {
         let deadline = self.now + secs(10);
-        self.input(Input::Dialing { conn, deadline });
+        self.input(Input::AttemptStarted { conn, deadline });
         let actions = self.input(Input::Connected { conn });
         assert!(actions.contains(&Action::Activate { conn }), "{actions:?}");
     }
@@ -425,7 +425,7 @@ fn a_stalled_attempt_is_abandoned_at_its_deadline_whatever_its_thread_does() {
     let mut run = Run::new(settings());
     let conn = Run::dialed(&run.start());
     let deadline = run.now + secs(10);
-    run.input(Input::Dialing { conn, deadline });
+    run.input(Input::AttemptStarted { conn, deadline });
     let (waited, actions) = run.next();
     assert_eq!(waited, secs(10));
     assert_eq!(
@@ -601,7 +601,7 @@ fn the_watchdog_is_fed_through_an_outage() {
         };
         fed += actions.iter().filter(|a| **a == Action::Watchdog).count();
         if let Some(next) = actions.iter().find_map(|a| match a {
-            Action::Dial { conn } => Some(*conn),
+            Action::StartAttempt { conn } => Some(*conn),
             _ => None,
         }) {
             conn = next;
