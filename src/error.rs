@@ -115,7 +115,9 @@ impl fmt::Display for Stage {
 }
 
 /// Why a connection attempt failed; the supervisor logs it and picks the next delay from it.
+/// New kinds of failure may be added: match with a wildcard arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The host name did not resolve.
     Resolve(String),

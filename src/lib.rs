@@ -180,15 +180,7 @@ pub fn run(config: Config) -> Result<Ending, ConfigError> {
     if let Some(local) = &local {
         supervisor = supervisor.with_local_counts(Box::new(local.counts()));
     }
-    let systemd = Systemd {
-        notifier: report::sd_notify::Notifier::from_env(),
-        watchdog: report::sd_notify::watchdog_interval(
-            std::env::var("WATCHDOG_USEC").ok().as_deref(),
-            std::env::var("WATCHDOG_PID").ok().as_deref(),
-            std::process::id(),
-        ),
-    };
-    let supervisor = supervisor.with_systemd(systemd);
+    let supervisor = supervisor.with_systemd(Systemd::from_env());
     let handle = supervisor.handle();
     let signal_thread = signals.and_then(|signals| {
         let handle = handle.clone();

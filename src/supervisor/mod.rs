@@ -97,13 +97,29 @@ impl Handle {
 /// Reads the local socket's counts for the status file.
 pub(crate) type LocalCountsReader = Box<dyn Fn() -> LocalCounts + Send>;
 
-/// systemd integration, read from the environment by the caller.
+/// systemd integration: the notification socket and the watchdog, as systemd
+/// passes them in the environment ([`Systemd::from_env`]); the default is none.
 #[derive(Default)]
 pub struct Systemd {
     /// `NOTIFY_SOCKET`.
-    pub notifier: Option<Notifier>,
+    notifier: Option<Notifier>,
     /// Half of `WATCHDOG_USEC`.
-    pub watchdog: Option<Duration>,
+    watchdog: Option<Duration>,
+}
+
+impl Systemd {
+    /// What the service manager set up for this process: `NOTIFY_SOCKET`, and
+    /// `WATCHDOG_USEC` when `WATCHDOG_PID` is unset or this process.
+    pub fn from_env() -> Systemd {
+        Systemd {
+            notifier: Notifier::from_env(),
+            watchdog: crate::report::sd_notify::watchdog_interval(
+                std::env::var("WATCHDOG_USEC").ok().as_deref(),
+                std::env::var("WATCHDOG_PID").ok().as_deref(),
+                std::process::id(),
+            ),
+        }
+    }
 }
 
 /// The reconnect loop. Build with [`Supervisor::new`], then [`Supervisor::run`].
