@@ -176,6 +176,67 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+/// Why an attempt failed, as the `reason` label says it: a small fixed set, so a
+/// fleet's dashboards can sum over devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Name resolution.
+    Dns,
+    /// TCP connect.
+    Tcp,
+    /// TLS handshake.
+    Tls,
+    /// The HTTP upgrade (rejected, or not a WebSocket answer).
+    Http,
+    /// `--connect-timeout` ran out.
+    Timeout,
+    /// The HTTP CONNECT proxy.
+    Proxy,
+}
+
+impl FailureReason {
+    /// Every reason, in the order they are written.
+    pub const ALL: [FailureReason; 6] = [
+        FailureReason::Dns,
+        FailureReason::Tcp,
+        FailureReason::Tls,
+        FailureReason::Http,
+        FailureReason::Timeout,
+        FailureReason::Proxy,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::Dns => "dns",
+            FailureReason::Tcp => "tcp",
+            FailureReason::Tls => "tls",
+            FailureReason::Http => "http",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Proxy => "proxy",
+        }
+    }
+
+    /// Its place in [`FailureReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl ConnectError {
+    /// The `reason` label of this failure in the metrics.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            ConnectError::Resolve(_) => FailureReason::Dns,
+            ConnectError::Tcp(_) => FailureReason::Tcp,
+            ConnectError::Tls(_) => FailureReason::Tls,
+            ConnectError::Rejected { .. } | ConnectError::Handshake(_) => FailureReason::Http,
+            ConnectError::Timeout(_) => FailureReason::Timeout,
+            ConnectError::Proxy { .. } => FailureReason::Proxy,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,66 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::error::ConnectError;
+use crate::error::FailureReason;
 use crate::report::status_file::LocalCounts;
-
-/// Why an attempt failed, as the `reason` label says it: a small fixed set, so a
-/// fleet's dashboards can sum over devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
-    /// Name resolution.
-    Dns,
-    /// TCP connect.
-    Tcp,
-    /// TLS handshake.
-    Tls,
-    /// The HTTP upgrade (rejected, or not a WebSocket answer).
-    Http,
-    /// `--connect-timeout` ran out.
-    Timeout,
-    /// The HTTP CONNECT proxy.
-    Proxy,
-}
-
-impl FailureReason {
-    /// Every reason, in the order they are written.
-    pub const ALL: [FailureReason; 6] = [
-        FailureReason::Dns,
-        FailureReason::Tcp,
-        FailureReason::Tls,
-        FailureReason::Http,
-        FailureReason::Timeout,
-        FailureReason::Proxy,
-    ];
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureReason::Dns => "dns",
-            FailureReason::Tcp => "tcp",
-            FailureReason::Tls => "tls",
-            FailureReason::Http => "http",
-            FailureReason::Timeout => "timeout",
-            FailureReason::Proxy => "proxy",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// The reason label of a failed attempt.
-pub fn reason_of(error: &ConnectError) -> FailureReason {
-    match error {
-        ConnectError::Resolve(_) => FailureReason::Dns,
-        ConnectError::Tcp(_) => FailureReason::Tcp,
-        ConnectError::Tls(_) => FailureReason::Tls,
-        ConnectError::Rejected { .. } | ConnectError::Handshake(_) => FailureReason::Http,
-        ConnectError::Timeout(_) => FailureReason::Timeout,
-        ConnectError::Proxy { .. } => FailureReason::Proxy,
-    }
-}
 
 /// Everything the metrics file says.
 #[derive(Debug, Clone, Default, PartialEq)]

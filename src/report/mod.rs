@@ -18,10 +18,11 @@ pub mod traffic;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use self::metrics::{FailureReason, Snapshot};
+use self::metrics::Snapshot;
 use self::observer::Observer;
 use self::sd_notify::{Notifier, Notify};
 use self::status_file::{LocalCounts, State, Status, StatusFile};
+use crate::error::FailureReason;
 
 /// The current facts, as the supervisor knows them at a publish.
 #[derive(Debug, Clone)]

@@ -60,6 +60,18 @@ pub const DEFAULT_MAX: Duration = Duration::from_secs(300);
 /// (losses, reconnects); it outlives connections.
 pub type SharedAdaptive = Arc<Mutex<Adaptive>>;
 
+/// What the reconnect loop tells the learning rule, as the machine decides it
+/// (only about the current connection or attempt, never a straggler's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// The live connection died; idle this long, if that is how it died.
+    Lost(Option<Duration>),
+    /// The attempt after a loss connected: the path works.
+    Reconnected,
+    /// The attempt failed: the network was down.
+    ConnectFailed,
+}
+
 /// Locks the learning state; a poisoned lock is taken over (plain bookkeeping).
 pub fn lock(adaptive: &SharedAdaptive) -> MutexGuard<'_, Adaptive> {
     adaptive.lock().unwrap_or_else(PoisonError::into_inner)
@@ -243,6 +255,15 @@ impl Adaptive {
             self.bad = Some(self.bad.map_or(gap, |bad| bad.min(gap)));
         }
         self.choose(now);
+    }
+
+    /// Takes `evidence` from the reconnect loop at `now`.
+    pub fn learn(&mut self, evidence: Evidence, now: Instant) {
+        match evidence {
+            Evidence::Lost(idle) => self.on_lost(idle),
+            Evidence::Reconnected => self.on_reconnected(now),
+            Evidence::ConnectFailed => self.on_connect_failed(),
+        }
     }
 
     /// The next connect failed: the network was down, and the loss before it

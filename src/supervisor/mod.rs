@@ -34,13 +34,12 @@ use crate::net::linkwatch::{LinkEvent, LinkWatch};
 use crate::net::netpath;
 use crate::net::stream::Connection;
 use crate::net::tls::{Connector, TlsFiles};
-use crate::report::metrics;
 use crate::report::sd_notify::{Notifier, Notify};
 use crate::report::state_store::{self, Memory};
 use crate::report::status_file::{LocalCounts, StatusFile};
 use crate::report::traffic::Traffic;
 use crate::report::{Facts, Report};
-use crate::rules::adaptive::{self, Adaptive, SharedAdaptive};
+use crate::rules::adaptive::{self, Adaptive, Evidence, SharedAdaptive};
 use crate::rules::backoff::{Backoff, Random, SplitMix64};
 use crate::rules::liveness;
 use crate::rules::machine::{Action, Input, Machine, Settings};
@@ -318,6 +317,7 @@ impl Supervisor {
                 Some(Input::Dead {
                     conn: active?.conn,
                     reason: format!("local address {addr} removed"),
+                    idle: None,
                 })
             }
             LinkEvent::LinkDown { index, name }
@@ -327,6 +327,7 @@ impl Supervisor {
                 Some(Input::Dead {
                     conn: active?.conn,
                     reason: format!("interface {name} went down"),
+                    idle: None,
                 })
             }
             LinkEvent::AddressAdded { .. } | LinkEvent::DefaultRouteAdded { .. } => {
@@ -336,36 +337,29 @@ impl Supervisor {
         }
     }
 
-    /// Feeds `input` to the machine, after what the driver learns from it itself:
-    /// failure counts for the metrics, and the adaptive heartbeat's evidence.
+    /// Feeds `input` to the machine, with the time.
     fn feed(&mut self, input: Input) -> Vec<Action> {
-        match &input {
-            Input::ConnectFailed { conn, error } if self.machine.attempt() == Some(*conn) => {
-                self.report.count_failure(metrics::reason_of(error));
-                if let Some(adaptive) = &self.adaptive {
-                    adaptive::lock(adaptive).on_connect_failed();
-                }
-            }
-            Input::Connected { conn } if self.machine.attempt() == Some(*conn) => {
-                if let Some(adaptive) = &self.adaptive {
-                    // Before the first heartbeat: the path decides where the learning starts.
-                    if let (Some(memory), Some((_, connection))) =
-                        (&mut self.memory, &self.upgraded)
-                    {
-                        if let (Ok(local), Ok(peer)) =
-                            (connection.tcp.local_addr(), connection.tcp.peer_addr())
-                        {
-                            let path = netpath::path_of(local.ip(), peer.ip());
-                            let mut adaptive = adaptive::lock(adaptive);
-                            memory.connected_via(path, &mut adaptive, Instant::now());
-                        }
-                    }
-                    adaptive::lock(adaptive).on_reconnected(Instant::now());
-                }
-            }
-            _ => {}
-        }
         self.machine.handle(input, Instant::now())
+    }
+
+    /// What the machine says the adaptive heartbeat should learn. A reconnect's
+    /// network path first decides where the learning resumes (`--state-dir`).
+    fn learn(&mut self, evidence: Evidence) {
+        let Some(adaptive) = &self.adaptive else {
+            return;
+        };
+        let now = Instant::now();
+        let mut adaptive = adaptive::lock(adaptive);
+        if let (Evidence::Reconnected, Some(memory), Some((_, connection))) =
+            (evidence, &mut self.memory, &self.upgraded)
+        {
+            if let (Ok(local), Ok(peer)) = (connection.tcp.local_addr(), connection.tcp.peer_addr())
+            {
+                let path = netpath::path_of(local.ip(), peer.ip());
+                memory.connected_via(path, &mut adaptive, now);
+            }
+        }
+        adaptive.learn(evidence, now);
     }
 
     /// The machine's view of an event; `None` for what only the driver cares about.
@@ -386,7 +380,7 @@ impl Supervisor {
             }
             Event::Proven { conn, rtt } => Input::Proven { conn, rtt },
             Event::Closed { conn, code, reason } => Input::Closed { conn, code, reason },
-            Event::Dead { conn, reason, idle } => self.dead(conn, reason, idle),
+            Event::Dead { conn, reason, idle } => Input::Dead { conn, reason, idle },
             Event::Link(event) => return self.link_input(event),
             Event::Learned => {
                 if let (Some(memory), Some(adaptive)) = (&mut self.memory, &self.adaptive) {
@@ -409,17 +403,6 @@ impl Supervisor {
             },
             Event::Terminate => Input::Terminate,
         })
-    }
-
-    /// The machine's input for a dead connection, after the adaptive heartbeat has
-    /// its evidence (how long the connection had been idle, if that is how it died).
-    fn dead(&mut self, conn: ConnId, reason: String, idle: Option<Duration>) -> Input {
-        if let Some(adaptive) = &self.adaptive {
-            if self.machine.active() == Some(conn) {
-                adaptive::lock(adaptive).on_lost(idle);
-            }
-        }
-        Input::Dead { conn, reason }
     }
 
     /// Carries out `actions` in order, feeding what they report back to the machine.
@@ -493,6 +476,8 @@ impl Supervisor {
                 let facts = self.facts();
                 self.report.refresh(&facts, self.observer.as_ref());
             }
+            Action::CountFailure(reason) => self.report.count_failure(reason),
+            Action::Learn(evidence) => self.learn(evidence),
             Action::Watchdog => self.report.notify(&[Notify::Watchdog]),
             Action::NotifyStopping => self.report.notify(&[Notify::Stopping]),
             Action::Exit(_) => {}

@@ -53,7 +53,7 @@ impl Supervisor {
         let verdict = liveness::lock(&active.liveness).verdict(now, next_ping, self.write_bound());
         Some(match verdict {
             Verdict::Alive(at) => Input::LivenessAt { conn, at },
-            Verdict::Dead(reason, idle) => self.dead(conn, reason, idle),
+            Verdict::Dead(reason, idle) => Input::Dead { conn, reason, idle },
         })
     }
 

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::error::ConnectError;
+use crate::rules::adaptive::Evidence;
 use crate::rules::backoff::{Backoff, Failure, Random};
 
 pub use self::protocol::{
@@ -245,6 +246,8 @@ impl Machine {
             Input::Connected { conn } => self.on_connected(conn, now),
             Input::ConnectFailed { conn, error } => match self.phase {
                 Phase::Connecting { conn: current, .. } if current == conn => {
+                    self.actions.push(Action::CountFailure(error.reason()));
+                    self.actions.push(Action::Learn(Evidence::ConnectFailed));
                     self.connect_failed(error, now);
                 }
                 Phase::Connected { conn: current, .. } if current == conn => {
@@ -257,8 +260,9 @@ impl Machine {
             },
             Input::Proven { conn, rtt } => self.on_proven(conn, rtt, now),
             Input::Closed { conn, code, reason } => self.on_closed(conn, code, reason, now),
-            Input::Dead { conn, reason } => {
+            Input::Dead { conn, reason, idle } => {
                 if let Some(closing) = self.closing(conn) {
+                    self.actions.push(Action::Learn(Evidence::Lost(idle)));
                     if self.settings.once && !closing {
                         self.teardown(false);
                         self.exit(Ending::ProbeFailed(reason), now);
@@ -330,6 +334,7 @@ impl Machine {
         // --max-retries counts failed attempts in a row; this one succeeded. (The backoff
         // counter resets only once the connection proves alive.)
         self.failures_in_row = 0;
+        self.actions.push(Action::Learn(Evidence::Reconnected));
         self.actions.push(Action::Activate { conn });
         // last_error stays: beside `state=connected` and `reconnects=N` it tells why the
         // last reconnect happened (the contract's example shows exactly that).

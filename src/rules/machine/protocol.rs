@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::error::ConnectError;
+use crate::error::{ConnectError, FailureReason};
+use crate::rules::adaptive::Evidence;
 
 /// Identifies one connection attempt; every event carries it, so a late event
 /// from a connection already torn down is recognised and ignored.
@@ -122,6 +123,9 @@ pub enum Input {
         conn: ConnId,
         /// Why, one line.
         reason: String,
+        /// It died after this long with nothing received (evidence for the adaptive
+        /// heartbeat), if that is how it died.
+        idle: Option<Duration>,
     },
     /// A [`Action::Teardown`] has finished.
     TornDown,
@@ -196,6 +200,13 @@ pub enum Action {
     Watchdog,
     /// `STOPPING=1`.
     NotifyStopping,
+    /// Count a failed attempt in the metrics, by reason.
+    CountFailure(FailureReason),
+    /// Tell the adaptive heartbeat (if any) what happened to the current
+    /// connection or attempt. [`Evidence::Reconnected`] comes before the
+    /// [`Action::Activate`] of that connection: its network path decides where the
+    /// learning resumes, before the first heartbeat.
+    Learn(Evidence),
     /// Judge the live connection's liveness now (heartbeat answers, blocked
     /// writes), then report [`Input::LivenessAt`] or [`Input::Dead`]. The driver
     /// judges from the shared bookkeeping, never from inside a socket call, so a

@@ -104,6 +104,7 @@ impl Run {
         let actions = self.input(Input::Dead {
             conn,
             reason: "gone".into(),
+            idle: None,
         });
         assert!(actions.contains(&Action::Teardown { graceful: false }));
         self.input(Input::TornDown);
@@ -171,6 +172,7 @@ fn the_delay_counts_from_the_end_of_the_teardown() {
     run.input(Input::Dead {
         conn,
         reason: "gone".into(),
+        idle: None,
     });
     assert_eq!(
         run.machine.next_deadline(),
@@ -472,6 +474,7 @@ fn the_liveness_is_judged_when_the_driver_said_and_once() {
     let actions = run.input(Input::Dead {
         conn,
         reason: "no heartbeat answer".into(),
+        idle: None,
     });
     assert!(actions.contains(&Action::Teardown { graceful: false }));
 }
@@ -664,4 +667,47 @@ fn reconnects_count_connects_after_the_first() {
     run.connect(conn);
     assert_eq!(run.machine.reconnects(), 3);
     assert_eq!(run.machine.last_error(), Some("gone"));
+}
+
+/// What is counted and taught to the adaptive heartbeat is decided here, once, for
+/// the current attempt or connection only: a straggler's late report teaches nothing.
+#[test]
+fn evidence_and_failure_counts_come_only_from_the_current_attempt_or_connection() {
+    use crate::error::FailureReason;
+    use crate::rules::adaptive::Evidence;
+    let mut run = Run::new(settings());
+    let first = Run::dialed(&run.start());
+    let actions = run.refuse(first);
+    assert!(actions.contains(&Action::CountFailure(FailureReason::Tcp)));
+    assert!(actions.contains(&Action::Learn(Evidence::ConnectFailed)));
+    // The straggler reports again: nothing.
+    let actions = run.refuse(first);
+    assert!(actions.is_empty(), "{actions:?}");
+    let (_, actions) = run.next();
+    let second = Run::dialed(&actions);
+    run.input(Input::AttemptStarted {
+        conn: second,
+        deadline: run.now + secs(10),
+    });
+    let actions = run.input(Input::Connected { conn: second });
+    let learn = actions
+        .iter()
+        .position(|a| *a == Action::Learn(Evidence::Reconnected));
+    let activate = actions
+        .iter()
+        .position(|a| *a == Action::Activate { conn: second });
+    assert!(learn < activate && learn.is_some(), "{actions:?}");
+    // A late death of an older connection: nothing; the live one's: its idle gap.
+    let late = run.input(Input::Dead {
+        conn: first,
+        reason: "late".into(),
+        idle: Some(secs(40)),
+    });
+    assert!(late.is_empty(), "{late:?}");
+    let actions = run.input(Input::Dead {
+        conn: second,
+        reason: "no heartbeat answer".into(),
+        idle: Some(secs(40)),
+    });
+    assert!(actions.contains(&Action::Learn(Evidence::Lost(Some(secs(40))))));
 }
