@@ -7,6 +7,22 @@ use std::time::{Duration, Instant};
 
 use super::liveness::Liveness;
 
+/// The least time any write is given (`--pong-timeout` is the bound otherwise): a
+/// short pong timeout must not fail writes on a merely slow link.
+pub const MIN_WRITE_BOUND: Duration = Duration::from_secs(1);
+
+/// Bound on every write, after which the connection is dead: `--pong-timeout`,
+/// at least [`MIN_WRITE_BOUND`].
+pub fn write_bound(pong_timeout: Duration) -> Duration {
+    pong_timeout.max(MIN_WRITE_BOUND)
+}
+
+/// Whether only a heartbeat's own answer proves liveness: with `--strict-pong`,
+/// and for the `--once` probe, which must measure its own heartbeat's round trip.
+pub fn own_answer_only(strict_pong: bool, once: bool) -> bool {
+    strict_pong || once
+}
+
 /// How a connection's heartbeats are timed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cadence {
@@ -68,6 +84,15 @@ mod tests {
 
     fn live(t0: Instant, pong_timeout: Duration) -> Liveness {
         Liveness::new(HeartbeatMode::Control, false, pong_timeout, t0)
+    }
+
+    #[test]
+    fn policies_writes_get_at_least_a_second_and_the_probe_needs_its_own_answer() {
+        assert_eq!(write_bound(Duration::from_millis(200)), secs(1));
+        assert_eq!(write_bound(secs(10)), secs(10));
+        assert!(own_answer_only(false, true));
+        assert!(own_answer_only(true, false));
+        assert!(!own_answer_only(false, false));
     }
 
     #[test]

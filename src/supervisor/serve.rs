@@ -20,7 +20,7 @@ use crate::net::linkwatch;
 use crate::net::stream::Connection;
 use crate::os;
 use crate::report::traffic::Traffic;
-use crate::rules::heartbeat::Cadence;
+use crate::rules::heartbeat::{self, Cadence};
 use crate::rules::liveness::{self, Liveness, SharedLiveness, Verdict};
 use crate::rules::machine::{CLOSE_DRAIN, Input};
 use crate::rules::unacked::SentWindow;
@@ -57,10 +57,9 @@ impl Supervisor {
         })
     }
 
-    /// Bound on every write: `--pong-timeout`, but at least a second, so a short
-    /// timeout does not fail writes on a merely slow link.
+    /// Bound on every write ([`heartbeat::write_bound`]).
     pub(super) fn write_bound(&self) -> Duration {
-        self.config.pong_timeout.max(Duration::from_secs(1))
+        heartbeat::write_bound(self.config.pong_timeout)
     }
 
     /// Serves `connection`: its reader and writer threads, and the outbox's wake-ups.
@@ -78,8 +77,7 @@ impl Supervisor {
         }
         let Connection { ws, tcp, .. } = connection;
         let socket = Arc::new(SharedSocket::new(ws));
-        // Probe mode needs the round trip of its own heartbeat, so only a matching answer counts.
-        let strict = self.config.strict_pong || self.config.once;
+        let strict = heartbeat::own_answer_only(self.config.strict_pong, self.config.once);
         let liveness: SharedLiveness = Arc::new(Mutex::new(Liveness::new(
             self.config.heartbeat,
             strict,
