@@ -307,29 +307,13 @@ impl Supervisor {
         }
     }
 
-    /// What a kernel report means here: the live connection's address or interface
-    /// is gone (the connection is dead at once), or the network came (back).
-    fn link_input(&self, event: LinkEvent) -> Option<Input> {
-        let active = self.active.as_ref();
-        let local = active.and_then(|active| active.local);
+    /// A kernel report as the machine's input: whether it matters (the live
+    /// connection's address or interface gone, a new address or default route) is
+    /// the machine's to decide.
+    fn link_input(event: LinkEvent) -> Option<Input> {
         match event {
-            LinkEvent::AddressRemoved { addr, .. } if local.is_some_and(|(ip, _)| ip == addr) => {
-                Some(Input::Dead {
-                    conn: active?.conn,
-                    reason: format!("local address {addr} removed"),
-                    idle: None,
-                })
-            }
-            LinkEvent::LinkDown { index, name }
-                if local.is_some_and(|(_, interface)| interface == Some(index)) =>
-            {
-                let name = name.unwrap_or_else(|| format!("#{index}"));
-                Some(Input::Dead {
-                    conn: active?.conn,
-                    reason: format!("interface {name} went down"),
-                    idle: None,
-                })
-            }
+            LinkEvent::AddressRemoved { addr, .. } => Some(Input::AddressRemoved { addr }),
+            LinkEvent::LinkDown { index, name } => Some(Input::LinkDown { index, name }),
             LinkEvent::AddressAdded { .. } | LinkEvent::DefaultRouteAdded { .. } => {
                 Some(Input::NetworkChanged)
             }
@@ -381,7 +365,7 @@ impl Supervisor {
             Event::Proven { conn, rtt } => Input::Proven { conn, rtt },
             Event::Closed { conn, code, reason } => Input::Closed { conn, code, reason },
             Event::Dead { conn, reason, idle } => Input::Dead { conn, reason, idle },
-            Event::Link(event) => return self.link_input(event),
+            Event::Link(event) => return Self::link_input(event),
             Event::Learned => {
                 if let (Some(memory), Some(adaptive)) = (&mut self.memory, &self.adaptive) {
                     memory.learned(&adaptive::lock(adaptive));
@@ -434,10 +418,10 @@ impl Supervisor {
                     Some((upgraded, connection)) if upgraded == conn => connection,
                     _ => return None,
                 };
-                if let Err(error) = self.activate(conn, connection) {
-                    return Some(Input::ConnectFailed { conn, error });
-                }
-                return self.check_liveness(conn);
+                return Some(match self.activate(conn, connection) {
+                    Ok(local) => Input::Serving { conn, local },
+                    Err(error) => Input::ConnectFailed { conn, error },
+                });
             }
             Action::CheckLiveness { conn } => return self.check_liveness(conn),
             Action::Discard { conn } => {

@@ -2,7 +2,7 @@
 //! liveness from the bookkeeping they share, and tearing it down (the socket shut
 //! down before any join, unacknowledged lines queued again).
 
-use std::net::{Shutdown, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -28,8 +28,8 @@ use crate::rules::unacked::SentWindow;
 /// A live connection and the two threads serving it.
 pub(super) struct Active {
     pub(super) conn: ConnId,
-    /// The connection's local address and its interface, for the link watch.
-    pub(super) local: Option<(std::net::IpAddr, Option<u32>)>,
+    /// A handle on the TCP socket: to shut it down under a stuck thread, and to ask
+    /// the kernel what the peer acknowledged.
     pub(super) tcp: TcpStream,
     pub(super) commands: Sender<Command>,
     pub(super) reader: JoinHandle<()>,
@@ -63,11 +63,12 @@ impl Supervisor {
     }
 
     /// Serves `connection`: its reader and writer threads, and the outbox's wake-ups.
+    /// Returns its local address and interface, for the link changes.
     pub(super) fn activate(
         &mut self,
         conn: ConnId,
         connection: Connection,
-    ) -> Result<(), ConnectError> {
+    ) -> Result<Option<(IpAddr, Option<u32>)>, ConnectError> {
         match &connection.subprotocol {
             Some(protocol) => log::info!(
                 "connected to {} (subprotocol {protocol})",
@@ -158,7 +159,6 @@ impl Supervisor {
         });
         self.active = Some(Active {
             conn,
-            local,
             tcp,
             commands,
             reader,
@@ -167,7 +167,7 @@ impl Supervisor {
             liveness,
             plan,
         });
-        Ok(())
+        Ok(local)
     }
 
     /// Ends the live connection and joins its threads. `graceful` lets queued

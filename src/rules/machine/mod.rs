@@ -24,6 +24,7 @@
 mod protocol;
 mod timers;
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -50,6 +51,8 @@ enum Phase {
         conn: ConnId,
         /// A Close of ours is out ([`Timer::CloseWait`] runs).
         closing: bool,
+        /// Its local address and interface, once served.
+        local: Option<(IpAddr, Option<u32>)>,
     },
     Backoff {
         /// Counted from the end of the teardown before it ([`Timer::Reconnect`]
@@ -281,6 +284,51 @@ impl Machine {
             Input::Reload { writes_idle } => self.reload(writes_idle, now),
             Input::Terminate => self.terminate(now),
             Input::NetworkChanged => self.network_changed(now),
+            Input::Serving { conn, local } => {
+                if let Phase::Connected {
+                    conn: current,
+                    local: served_from,
+                    ..
+                } = &mut self.phase
+                {
+                    if *current == conn {
+                        *served_from = local;
+                        // Its first verdict: the driver says when the next is due.
+                        self.actions.push(Action::CheckLiveness { conn });
+                    }
+                }
+            }
+            Input::AddressRemoved { addr } => {
+                if let Some((conn, (ip, _))) = self.served_from() {
+                    if ip == addr {
+                        let reason = format!("local address {addr} removed");
+                        return self.handle(
+                            Input::Dead {
+                                conn,
+                                reason,
+                                idle: None,
+                            },
+                            now,
+                        );
+                    }
+                }
+            }
+            Input::LinkDown { index, name } => {
+                if let Some((conn, (_, interface))) = self.served_from() {
+                    if interface == Some(index) {
+                        let name = name.unwrap_or_else(|| format!("#{index}"));
+                        let reason = format!("interface {name} went down");
+                        return self.handle(
+                            Input::Dead {
+                                conn,
+                                reason,
+                                idle: None,
+                            },
+                            now,
+                        );
+                    }
+                }
+            }
             Input::LivenessAt { conn, at } => {
                 if self.active() == Some(conn) {
                     self.timers.set(Timer::Liveness, at);
@@ -294,12 +342,25 @@ impl Machine {
         std::mem::take(&mut self.actions)
     }
 
+    /// The live connection and where it is served from, once known.
+    fn served_from(&self) -> Option<(ConnId, (IpAddr, Option<u32>))> {
+        match self.phase {
+            Phase::Connected {
+                conn,
+                local: Some(local),
+                ..
+            } => Some((conn, local)),
+            _ => None,
+        }
+    }
+
     /// Whether `conn` is the live connection, and if so whether it is closing.
     fn closing(&self, conn: ConnId) -> Option<bool> {
         match &self.phase {
             Phase::Connected {
                 conn: current,
                 closing,
+                ..
             } if *current == conn => Some(*closing),
             _ => None,
         }
@@ -326,6 +387,7 @@ impl Machine {
         self.enter(Phase::Connected {
             conn,
             closing: false,
+            local: None,
         });
         if self.settings.heartbeat_off {
             self.timers.set(Timer::QuietProof, Some(now + QUIET_PROOF));

@@ -2,6 +2,7 @@
 //! ([`Settings`]), what happened ([`Input`]), what to do ([`Action`]), and the
 //! vocabulary it owns (connection ids, states, how a run ends). Plain data.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -139,6 +140,26 @@ pub enum Input {
     Terminate,
     /// A new address or default route appeared: the network may be back.
     NetworkChanged,
+    /// The kernel removed a local address.
+    AddressRemoved {
+        /// The address.
+        addr: IpAddr,
+    },
+    /// An interface went down.
+    LinkDown {
+        /// Its index.
+        index: u32,
+        /// Its name, if known.
+        name: Option<String>,
+    },
+    /// The connection of [`Action::Activate`] is served: its threads run, from this
+    /// local address (and its interface), which the link changes are held against.
+    Serving {
+        /// Connection.
+        conn: ConnId,
+        /// Local address and interface index, if known.
+        local: Option<(IpAddr, Option<u32>)>,
+    },
     /// The live connection's liveness was judged alive; judge it again at `at`.
     LivenessAt {
         /// Connection.
@@ -165,7 +186,8 @@ pub enum Action {
         /// The connect deadline passed (else: a stop or reload).
         timed_out: bool,
     },
-    /// Serve the connection of attempt `conn` (reader and writer threads).
+    /// Serve the connection of attempt `conn` (reader and writer threads), then
+    /// report [`Input::Serving`] (or [`Input::ConnectFailed`]).
     Activate {
         /// The attempt.
         conn: ConnId,

@@ -711,3 +711,45 @@ fn evidence_and_failure_counts_come_only_from_the_current_attempt_or_connection(
     });
     assert!(actions.contains(&Action::Learn(Evidence::Lost(Some(secs(40))))));
 }
+
+/// The kernel's reports are judged against where the live connection is served
+/// from: its own address or interface gone is death at once; anything else is not.
+#[test]
+fn link_changes_end_the_connection_only_when_they_take_its_address_or_interface() {
+    let ours: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+    let other: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+    for fatal in [
+        Input::AddressRemoved { addr: ours },
+        Input::LinkDown {
+            index: 3,
+            name: Some("wlan0".into()),
+        },
+    ] {
+        let mut run = Run::new(settings());
+        let conn = Run::dialed(&run.start());
+        run.connect(conn);
+        // Before it is served, nothing is known to be its address.
+        assert!(run.input(Input::AddressRemoved { addr: ours }).is_empty());
+        let actions = run.input(Input::Serving {
+            conn,
+            local: Some((ours, Some(3))),
+        });
+        assert_eq!(actions, [Action::CheckLiveness { conn }]);
+        assert!(run.input(Input::AddressRemoved { addr: other }).is_empty());
+        assert!(
+            run.input(Input::LinkDown {
+                index: 4,
+                name: None
+            })
+            .is_empty()
+        );
+        let actions = run.input(fatal);
+        assert!(actions.contains(&Action::Teardown { graceful: false }));
+        assert_eq!(run.machine.state(), State::Backoff);
+        let error = run.machine.last_error().unwrap();
+        assert!(
+            error.contains("10.0.0.2 removed") || error.contains("wlan0 went down"),
+            "{error}"
+        );
+    }
+}
