@@ -21,6 +21,7 @@
 //! - `--once` ends with the first matching answer or the first failure;
 //! - the watchdog is fed in every phase, outages included.
 
+mod network;
 mod protocol;
 mod timers;
 
@@ -33,6 +34,7 @@ use crate::error::ConnectError;
 use crate::rules::adaptive::Evidence;
 use crate::rules::backoff::{Backoff, Failure, Random};
 
+use self::network::Cut;
 pub use self::protocol::{
     Action, CLOSE_DRAIN, ConnId, Ending, Input, QUIET_PROOF, RELOAD_CLOSE_WRITE, STOP_BUDGET,
     Settings, State, fmt_duration,
@@ -62,19 +64,6 @@ enum Phase {
         cut: Cut,
     },
     Stopped,
-}
-
-/// Whether a network change may cut a backoff wait short (SPEC "Network changes").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cut {
-    /// A plain backoff wait, not cut yet.
-    Allowed,
-    /// Cut once already: one draw per wait, or a flapping address would draw again
-    /// and again until one lands near zero.
-    Done,
-    /// The server asked for this wait (`Retry-After`, or refused the credentials):
-    /// a change of our network changes nothing for the server. Names why.
-    Never(&'static str),
 }
 
 /// The reconnect loop's state. See the module documentation.
@@ -298,37 +287,8 @@ impl Machine {
                     }
                 }
             }
-            Input::AddressRemoved { addr } => {
-                if let Some((conn, (ip, _))) = self.served_from() {
-                    if ip == addr {
-                        let reason = format!("local address {addr} removed");
-                        return self.handle(
-                            Input::Dead {
-                                conn,
-                                reason,
-                                idle: None,
-                            },
-                            now,
-                        );
-                    }
-                }
-            }
-            Input::LinkDown { index, name } => {
-                if let Some((conn, (_, interface))) = self.served_from() {
-                    if interface == Some(index) {
-                        let name = name.unwrap_or_else(|| format!("#{index}"));
-                        let reason = format!("interface {name} went down");
-                        return self.handle(
-                            Input::Dead {
-                                conn,
-                                reason,
-                                idle: None,
-                            },
-                            now,
-                        );
-                    }
-                }
-            }
+            Input::AddressRemoved { addr } => self.address_removed(addr, now),
+            Input::LinkDown { index, name } => self.link_down(index, name, now),
             Input::LivenessAt { conn, at } => {
                 if self.active() == Some(conn) {
                     self.timers.set(Timer::Liveness, at);
@@ -340,18 +300,6 @@ impl Machine {
 
     fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
-    }
-
-    /// The live connection and where it is served from, once known.
-    fn served_from(&self) -> Option<(ConnId, (IpAddr, Option<u32>))> {
-        match self.phase {
-            Phase::Connected {
-                conn,
-                local: Some(local),
-                ..
-            } => Some((conn, local)),
-            _ => None,
-        }
     }
 
     /// Whether `conn` is the live connection, and if so whether it is closing.
@@ -557,44 +505,6 @@ impl Machine {
             _ => {}
         }
         self.start_attempt(now);
-    }
-
-    /// While waiting to retry, a new address or default route cuts the wait to a
-    /// random time in `[0, backoff-initial]`: the link is probably back, and the
-    /// draw (the attempt counter unchanged) keeps a fleet that regains its link
-    /// together from returning in lock-step. At most once per wait, and never a
-    /// wait the server asked for; the events that change nothing are logged at
-    /// debug, as a flapping interface sends many.
-    fn network_changed(&mut self, now: Instant) {
-        if self.stop_by.is_some() {
-            return;
-        }
-        let (Phase::Backoff { cut, .. }, Some(until)) =
-            (&mut self.phase, self.timers.get(Timer::Reconnect))
-        else {
-            return;
-        };
-        match *cut {
-            Cut::Never(why) => {
-                log::debug!("network changed: the wait stays, {why}");
-            }
-            Cut::Done => {
-                log::debug!("network changed again: this wait was cut once already");
-            }
-            Cut::Allowed => {
-                *cut = Cut::Done;
-                let sooner = now + self.random.below(self.backoff.initial());
-                if sooner < until {
-                    log::info!(
-                        "network changed: reconnecting in {}",
-                        fmt_duration(sooner - now)
-                    );
-                    self.timers.set(Timer::Reconnect, Some(sooner));
-                } else {
-                    log::debug!("network changed: the wait ends sooner anyway");
-                }
-            }
-        }
     }
 
     fn terminate(&mut self, now: Instant) {
