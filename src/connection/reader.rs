@@ -13,7 +13,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use super::socket::{Drain, SharedSocket};
-use crate::events::{ConnId, Event, Observer};
+use crate::events::{ConnId, Event, Input, Observer};
 use crate::local::delivery::{BATCH_BYTES, Delivery};
 use crate::report::traffic::Traffic;
 use crate::rules::liveness::{self, Proof, SharedLiveness};
@@ -62,13 +62,13 @@ impl Reader {
     /// Body of the reader thread: runs until the connection ends, reports how.
     pub fn run(self) {
         let ending = self.read_until_end();
-        let event = match ending {
-            Ending::Closed(frame) => Event::Closed {
+        let input = match ending {
+            Ending::Closed(frame) => Input::Closed {
                 conn: self.conn,
                 code: frame.as_ref().map(|f| u16::from(f.code)),
                 reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
             },
-            Ending::Dead(reason) => Event::Dead {
+            Ending::Dead(reason) => Input::Dead {
                 conn: self.conn,
                 reason,
                 idle: None,
@@ -78,14 +78,14 @@ impl Reader {
                 // NAT on the way) dropped it: an idle timeout shows up here.
                 let live = liveness::lock(&self.liveness);
                 let quiet_since = live.last_proof().unwrap_or(live.base());
-                Event::Dead {
+                Input::Dead {
                     conn: self.conn,
                     reason,
                     idle: Some(Instant::now().saturating_duration_since(quiet_since)),
                 }
             }
         };
-        let _ = self.events.send(event);
+        let _ = self.events.send(Event::Input(input));
     }
 
     fn read_until_end(&self) -> Ending {
@@ -148,10 +148,10 @@ impl Reader {
         }
         if live.proven() && !was_proven {
             drop(live);
-            let _ = self.events.send(Event::Proven {
+            let _ = self.events.send(Event::Input(Input::Proven {
                 conn: self.conn,
                 rtt,
-            });
+            }));
         }
     }
 

@@ -25,7 +25,7 @@ use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
 use super::socket::SharedSocket;
 use crate::config::HeartbeatMode;
-use crate::events::{ConnId, Event};
+use crate::events::{ConnId, Event, Input};
 use crate::local::outbox::Outbox;
 use crate::net::stream::Stream;
 use crate::os;
@@ -223,11 +223,11 @@ impl Writer {
                 }
             }
         };
-        let _ = self.events.send(Event::Dead {
+        let _ = self.events.send(Event::Input(Input::Dead {
             conn: self.conn,
             reason: failed,
             idle: None,
-        });
+        }));
         window
     }
 

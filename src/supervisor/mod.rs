@@ -69,7 +69,7 @@ impl Handle {
 
     /// Close with 1001 and end [`Supervisor::run`].
     pub fn stop(&self) {
-        let _ = self.0.send(Event::Terminate);
+        let _ = self.0.send(Event::Input(Input::Terminate));
     }
 
     /// Re-read the header and TLS files and reconnect at once.
@@ -362,9 +362,7 @@ impl Supervisor {
                     Err(error) => Input::ConnectFailed { conn, error },
                 }
             }
-            Event::Proven { conn, rtt } => Input::Proven { conn, rtt },
-            Event::Closed { conn, code, reason } => Input::Closed { conn, code, reason },
-            Event::Dead { conn, reason, idle } => Input::Dead { conn, reason, idle },
+            Event::Input(input) => input,
             Event::Link(event) => return Self::link_input(event),
             Event::Learned => {
                 if let (Some(memory), Some(adaptive)) = (&mut self.memory, &self.adaptive) {
@@ -385,7 +383,6 @@ impl Supervisor {
             Event::Reload => Input::Reload {
                 writes_idle: self.outbox.is_idle(),
             },
-            Event::Terminate => Input::Terminate,
         })
     }
 
