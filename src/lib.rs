@@ -117,6 +117,8 @@ mod os;
 mod report;
 mod rules;
 mod supervisor;
+#[cfg(test)]
+mod testing;
 
 // Reachable (hidden) for the binary, the fuzz targets and the tests.
 #[doc(hidden)]

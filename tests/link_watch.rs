@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::netns::{self, DEV4, DEV6, Pair, SRV4};
 use crate::util::server::{Behavior, Server};
-use crate::util::{Running, WAIT, Wsbeat, ms, poll_until, scaled, send_signal, watchdog};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use crate::util::{Running, WAIT, Wsbeat, ms, poll_until, scaled, secs, send_signal, watchdog};
 
 /// A second device address, in the same subnet: promoted when [`DEV4`] goes.
 const DEV4_SECOND: &str = "10.231.0.3";

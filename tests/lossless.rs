@@ -27,14 +27,10 @@ use crate::util::netns::{self, Netns, Pair, SRV4};
 use crate::util::server::{Behavior, Event, Server};
 use crate::util::tinyproxy::{Options, Tinyproxy};
 use crate::util::tls::Pki;
-use crate::util::{Running, TempDir, WAIT, Wsbeat, ms, poll_until, read_status, scaled};
+use crate::util::{Running, TempDir, WAIT, Wsbeat, ms, poll_until, read_status, scaled, secs};
 
 /// The nftables table of the blackholes.
 const BLACKHOLE: &str = "wsbeat_blackhole";
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// Line `n`: its number, then padding up to `width` bytes.
 fn numbered(n: u64, width: usize) -> String {

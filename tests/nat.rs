@@ -16,11 +16,7 @@ use std::time::{Duration, Instant};
 use crate::cellular::{number, seen, status};
 use crate::util::netns::{self, NAT_SRV4, Nat};
 use crate::util::server::{Behavior, Event, Server};
-use crate::util::{Running, TempDir, Wsbeat, poll_until, scaled, watchdog};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use crate::util::{Running, TempDir, Wsbeat, poll_until, scaled, secs, watchdog};
 
 /// A server in the NAT's server namespace and `wsbeat` in its device namespace, with a
 /// status file; `auto` is the `--ping-interval` value.

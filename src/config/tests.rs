@@ -1,6 +1,7 @@
 //! The command line and environment → `Config`, end to end through `parse`.
 
 use super::*;
+use crate::testing::{ms, secs};
 
 const URL: &str = "ws://127.0.0.1:9001/ws";
 
@@ -37,14 +38,6 @@ fn err_with(args: &[&str], env: &[(&str, &str)]) -> String {
 
 fn err(args: &[&str]) -> String {
     err_with(args, &[])
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }
 
 #[test]

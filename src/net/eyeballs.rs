@@ -224,6 +224,7 @@ fn into_stream(socket: OwnedFd, addr: SocketAddr) -> Result<TcpStream, ConnectEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::ms;
     use std::net::TcpListener;
 
     fn v4(last: u8) -> SocketAddr {
@@ -232,10 +233,6 @@ mod tests {
 
     fn v6(last: u16) -> SocketAddr {
         SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, last], 443))
-    }
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
     }
 
     #[test]

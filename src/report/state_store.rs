@@ -452,10 +452,7 @@ pub fn file_in(dir: &Path) -> std::path::PathBuf {
 mod tests {
     use super::*;
     use crate::report::status_file::test_support::TempDir;
-
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
+    use crate::testing::secs;
 
     fn key(s: &str) -> PathKey {
         PathKey::new(s).expect("valid key")

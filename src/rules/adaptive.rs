@@ -349,10 +349,7 @@ impl Adaptive {
 mod tests {
     use super::*;
     use crate::rules::backoff::SplitMix64;
-
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
+    use crate::testing::secs;
 
     /// A device on a path that forgets idle flows after `timeout`, with a server
     /// that never sends anything on its own: every heartbeat follows a full idle

@@ -121,10 +121,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
+    use crate::testing::ms;
 
     /// Always draws the top of the range, so the cap itself is observable.
     struct Highest;

@@ -72,10 +72,7 @@ impl Cadence {
 mod tests {
     use super::*;
     use crate::rules::liveness::{HeartbeatMode, Proof, Verdict};
-
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
+    use crate::testing::secs;
 
     const FIXED: Cadence = Cadence {
         interval: Duration::from_secs(2),

@@ -407,14 +407,7 @@ pub fn lock(liveness: &SharedLiveness) -> MutexGuard<'_, Liveness> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
+    use crate::testing::{ms, secs};
 
     fn pong(base: Instant, seq: u64, sent_at: Instant) -> Proof {
         let micros = sent_at.duration_since(base).as_micros() as u64;

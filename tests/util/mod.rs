@@ -72,6 +72,11 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// `n` seconds.
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
 /// A TCP port on 127.0.0.1 where nothing listens (bound, then released), so connects are refused.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -2,14 +2,7 @@
 
 use super::*;
 use crate::error::Stage;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use crate::testing::{ms, secs};
 
 /// Always draws the largest delay allowed, so waits are exact.
 struct Longest;
@@ -99,6 +92,18 @@ impl Run {
         })
     }
 
+    /// Starts the run and loses `times` connections in a row (each connected, then
+    /// dead); returns the attempt dialled after the last loss.
+    fn start_and_lose(&mut self, times: usize) -> ConnId {
+        let mut conn = Self::dialed(&self.start());
+        for _ in 0..times {
+            self.connect(conn);
+            self.lose(conn);
+            conn = self.machine.next_conn;
+        }
+        conn
+    }
+
     /// The connection dies; the teardown ends at once. Returns the next delay.
     fn lose(&mut self, conn: ConnId) -> Duration {
         let actions = self.input(Input::Dead {
@@ -147,12 +152,7 @@ fn with_the_heartbeat_off_ten_quiet_seconds_are_the_proof() {
         heartbeat_off: true,
         ..settings()
     });
-    let mut conn = Run::dialed(&run.start());
-    for _ in 0..3 {
-        run.connect(conn);
-        run.lose(conn);
-        conn = run.machine.next_conn;
-    }
+    let mut conn = run.start_and_lose(3);
     // 9.9 s up is not enough: the next delay keeps growing.
     run.connect(conn);
     run.advance(ms(9_900));
@@ -501,12 +501,7 @@ fn reload_during_a_connect_abandons_it_and_dials_again_at_once() {
 #[test]
 fn reload_while_connected_closes_or_cuts_and_resets_the_backoff() {
     let mut run = Run::new(settings());
-    let mut conn = Run::dialed(&run.start());
-    for _ in 0..3 {
-        run.connect(conn);
-        run.lose(conn);
-        conn = run.machine.next_conn;
-    }
+    let conn = run.start_and_lose(3);
     run.connect(conn);
     let actions = run.input(Input::Reload { writes_idle: true });
     assert!(actions.contains(&Action::Close {
@@ -658,12 +653,7 @@ fn status_refreshes_only_when_someone_reads_it() {
 #[test]
 fn reconnects_count_connects_after_the_first() {
     let mut run = Run::new(settings());
-    let mut conn = Run::dialed(&run.start());
-    for _ in 0..3 {
-        run.connect(conn);
-        run.lose(conn);
-        conn = run.machine.next_conn;
-    }
+    let conn = run.start_and_lose(3);
     run.connect(conn);
     assert_eq!(run.machine.reconnects(), 3);
     assert_eq!(run.machine.last_error(), Some("gone"));
