@@ -117,6 +117,7 @@ mod os;
 mod report;
 mod rules;
 mod supervisor;
+mod sync;
 #[cfg(test)]
 mod testing;
 

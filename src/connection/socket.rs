@@ -23,11 +23,12 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use tungstenite::WebSocket;
 
 use crate::net::stream::Stream;
+use crate::sync;
 
 /// What the reader needs of a stream beyond reading and writing.
 pub trait Drain: Read + Write {
@@ -67,7 +68,7 @@ impl<S> SharedSocket<S> {
     /// Runs `write` with the socket locked, ahead of the reader.
     pub fn write<T>(&self, write: impl FnOnce(&mut WebSocket<S>) -> T) -> T {
         self.writers_waiting.fetch_add(1, Ordering::SeqCst);
-        let mut ws = self.ws.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ws = sync::lock(&self.ws);
         // Decrement while holding the lock: the reader checks the count under the same lock.
         self.writers_waiting.fetch_sub(1, Ordering::SeqCst);
         self.writer_done.notify_all();
@@ -76,12 +77,9 @@ impl<S> SharedSocket<S> {
 
     /// The lock, once no writer is waiting for it.
     pub(super) fn lock_for_read(&self) -> MutexGuard<'_, WebSocket<S>> {
-        let mut ws = self.ws.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ws = sync::lock(&self.ws);
         while self.writers_waiting.load(Ordering::SeqCst) > 0 {
-            ws = self
-                .writer_done
-                .wait(ws)
-                .unwrap_or_else(PoisonError::into_inner);
+            ws = sync::wait(&self.writer_done, ws);
         }
         ws
     }

@@ -14,10 +14,11 @@
 //! bounded time to empty it ([`Delivery::wait_drained`]); what is still
 //! undelivered after that is discarded and counted ([`Delivery::discard`]).
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::local::outbox::LineQueue;
+use crate::sync;
 
 struct State {
     /// The outbox's byte-bounded queue, used connected-style: full means wait.
@@ -58,7 +59,7 @@ impl Delivery {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.state)
     }
 
     /// The current connection's generation, for [`push`](Delivery::push).
@@ -94,10 +95,7 @@ impl Delivery {
                 // now, or both would wait for each other (a batch over the bound).
                 self.ready.notify_one();
                 state.waiting += 1;
-                state = self
-                    .room
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+                state = sync::wait(&self.room, state);
                 state.waiting -= 1;
             }
         }
@@ -126,10 +124,7 @@ impl Delivery {
             if state.closed {
                 return None;
             }
-            state = self
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = sync::wait(&self.ready, state);
         }
         let batch = state.texts.take(budget);
         state.delivering = true;
@@ -161,11 +156,7 @@ impl Delivery {
                 return false;
             }
             state.waiting += 1;
-            state = self
-                .room
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = sync::wait_timeout(&self.room, state, left);
             state.waiting -= 1;
         }
     }

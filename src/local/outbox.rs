@@ -16,8 +16,9 @@
 //! an idle queue calls the writer's waker, and the writer then takes batches
 //! ([`Outbox::take`]) until the queue is empty.
 
+use crate::sync;
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Wakes the attached writer (sends it a command).
 pub type Waker = Box<dyn Fn() + Send>;
@@ -179,7 +180,7 @@ impl Outbox {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent between statements; a panic elsewhere does not corrupt it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.state)
     }
 
     /// Queues `line` for the server. Connected and full, waits until the writer
@@ -201,10 +202,7 @@ impl Outbox {
                 Err(refused) => {
                     line = refused;
                     state.waiting += 1;
-                    state = self
-                        .room
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    state = sync::wait(&self.room, state);
                     state.waiting -= 1;
                 }
             }

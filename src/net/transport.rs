@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[cfg(feature = "tls")]
@@ -29,6 +29,7 @@ use crate::net::stream::{Connection, Socket, Stream, stream_length};
 use crate::net::tls::Connector;
 use crate::net::tunnel;
 use crate::report::traffic::Traffic;
+use crate::sync;
 
 /// What one connection attempt needs.
 pub struct AttemptPlan<'a> {
@@ -73,7 +74,7 @@ struct AbortState {
 impl Abort {
     /// Ends the attempt's I/O now, or makes it stop as soon as its socket exists.
     pub fn abort(&self) {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = sync::lock(&self.0);
         state.aborted = true;
         if let Some(wake) = &state.wake {
             wake.signal();
@@ -85,15 +86,15 @@ impl Abort {
 
     /// The step the attempt is in (or was in when it ended).
     pub fn stage(&self) -> Stage {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).stage
+        sync::lock(&self.0).stage
     }
 
     fn enter(&self, stage: Stage) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).stage = stage;
+        sync::lock(&self.0).stage = stage;
     }
 
     fn watch(&self, socket: &TcpStream) -> Result<(), ConnectError> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = sync::lock(&self.0);
         if state.aborted {
             return Err(ConnectError::Tcp(io::Error::new(
                 io::ErrorKind::Interrupted,
@@ -209,7 +210,7 @@ impl Abort {
     /// Makes [`Abort::abort`] signal `wake` (`None`: nothing); an attempt aborted already
     /// is an error at once.
     fn arm(&self, wake: Option<Arc<Wake>>) -> Result<(), ConnectError> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = sync::lock(&self.0);
         if state.aborted && wake.is_some() {
             return Err(ConnectError::Tcp(io::Error::new(
                 io::ErrorKind::Interrupted,

@@ -39,7 +39,8 @@
 //!
 //! Pure: every method takes `now`; unit-tested over simulated days.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use crate::sync;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The search ends once `good >= SETTLE_RATIO * bad`.
@@ -74,7 +75,7 @@ pub enum Evidence {
 
 /// Locks the learning state; a poisoned lock is taken over (plain bookkeeping).
 pub fn lock(adaptive: &SharedAdaptive) -> MutexGuard<'_, Adaptive> {
-    adaptive.lock().unwrap_or_else(PoisonError::into_inner)
+    sync::lock(adaptive)
 }
 
 /// What the rule knows about a path, the part worth keeping across restarts: the

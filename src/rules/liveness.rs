@@ -3,9 +3,10 @@
 //! control ping payload that matches a pong to its ping. Pure: every method takes `now`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::sync;
 use tungstenite::Bytes;
 
 /// Pings older than this many unanswered ones are forgotten; the oldest decides death anyway.
@@ -401,7 +402,7 @@ pub type SharedLiveness = Arc<Mutex<Liveness>>;
 /// Locks the liveness state. A poisoned lock is taken over: its data is plain
 /// bookkeeping that stays consistent between method calls.
 pub fn lock(liveness: &SharedLiveness) -> MutexGuard<'_, Liveness> {
-    liveness.lock().unwrap_or_else(PoisonError::into_inner)
+    sync::lock(liveness)
 }
 
 #[cfg(test)]

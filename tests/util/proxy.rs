@@ -30,9 +30,11 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use super::lock;
 
 /// What the proxy does with bytes; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +65,6 @@ impl Mode {
     fn holds(self, from_client: bool) -> bool {
         self == Mode::Freeze || (from_client && self == Mode::StopReadingClient)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct State {

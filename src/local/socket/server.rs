@@ -19,7 +19,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::fanout::{ClientId, Fanout};
@@ -28,6 +28,7 @@ use crate::local::stdin::LineSplitter;
 use crate::os::{self, Wake};
 use crate::report::observer::Observer;
 use crate::report::status_file::LocalCounts;
+use crate::sync;
 
 /// Size of one read from a client (one buffer for all of them).
 const READ_CHUNK: usize = 64 * 1024;
@@ -60,12 +61,12 @@ impl Shared {
     }
 
     fn fanout(&self) -> MutexGuard<'_, Fanout> {
-        self.fanout.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.fanout)
     }
 
     /// The counts for the status file, as last reported.
     pub fn counts(&self) -> LocalCounts {
-        *self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+        *sync::lock(&self.counts)
     }
 
     /// Ends the socket thread's loop.
@@ -428,12 +429,7 @@ impl Running {
                 return Some(due - now);
             }
         }
-        *self
-            .server
-            .shared
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = counts;
+        *sync::lock(&self.server.shared.counts) = counts;
         self.last_report = Some(now);
         (self.server.report)();
         None

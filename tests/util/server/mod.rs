@@ -36,7 +36,7 @@ mod tls;
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,15 +46,11 @@ pub use self::behavior::{Behavior, Handshake, Msg, Pongs, TRICKLE};
 use self::conn::{Conn, serve};
 pub use self::event::{Event, Kind};
 pub use self::frame::{FIN, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode, frame};
+use super::lock;
 use super::tls::Pki;
 
 /// Which [`Behavior`] a connection gets, by id.
 type Script = Arc<dyn Fn(usize) -> Behavior + Send + Sync>;
-
-/// A poisoned lock only means another test thread panicked; the data is still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What the accept loop and every connection thread share.
 struct Shared {
