@@ -27,3 +27,21 @@ pub fn wait_timeout<'a, T>(
         .unwrap_or_else(PoisonError::into_inner)
         .0
 }
+
+/// Waits on `condvar` as one of the waiters the state counts (`waiters`), so
+/// whoever makes room can tell whether anyone needs waking. For the producers
+/// that wait for room in a bounded queue (the outbox, the delivery buffer).
+pub fn wait_counted<'a, T>(
+    condvar: &Condvar,
+    mut guard: MutexGuard<'a, T>,
+    waiters: fn(&mut T) -> &mut usize,
+    timeout: Option<Duration>,
+) -> MutexGuard<'a, T> {
+    *waiters(&mut guard) += 1;
+    let mut guard = match timeout {
+        Some(timeout) => wait_timeout(condvar, guard, timeout),
+        None => wait(condvar, guard),
+    };
+    *waiters(&mut guard) -= 1;
+    guard
+}

@@ -94,9 +94,7 @@ impl Delivery {
                 // What this call queued so far must reach an idle delivery thread
                 // now, or both would wait for each other (a batch over the bound).
                 self.ready.notify_one();
-                state.waiting += 1;
-                state = sync::wait(&self.room, state);
-                state.waiting -= 1;
+                state = sync::wait_counted(&self.room, state, |s| &mut s.waiting, None);
             }
         }
         self.ready.notify_one();
@@ -155,9 +153,7 @@ impl Delivery {
             if left.is_zero() {
                 return false;
             }
-            state.waiting += 1;
-            state = sync::wait_timeout(&self.room, state, left);
-            state.waiting -= 1;
+            state = sync::wait_counted(&self.room, state, |s| &mut s.waiting, Some(left));
         }
     }
 

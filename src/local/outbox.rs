@@ -201,9 +201,7 @@ impl Outbox {
                 }
                 Err(refused) => {
                     line = refused;
-                    state.waiting += 1;
-                    state = sync::wait(&self.room, state);
-                    state.waiting -= 1;
+                    state = sync::wait_counted(&self.room, state, |s| &mut s.waiting, None);
                 }
             }
         }

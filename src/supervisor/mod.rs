@@ -44,9 +44,6 @@ use crate::rules::backoff::{Backoff, Random, SplitMix64};
 use crate::rules::liveness;
 use crate::rules::machine::{Action, Input, Machine, Settings};
 
-/// How long any ending other than a stop waits for abandoned connect threads (stuck
-/// in DNS) and for the output to drain.
-const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// Stack for per-connection threads; they hold little, and 32-bit boards have little address space.
 const THREAD_STACK: usize = 256 * 1024;
 /// Floor on status refreshes between state changes: at most once per ping interval,
@@ -478,10 +475,7 @@ impl Supervisor {
         }
         // Aborted attempts end at once; one stuck in DNS or in the TCP connect cannot be
         // interrupted and gets a bounded wait before the process leaves it behind.
-        let give_up = self
-            .machine
-            .stop_by()
-            .unwrap_or_else(|| Instant::now() + LEAVE_GRACE);
+        let give_up = self.machine.leave_by(Instant::now());
         self.finish_delivery(give_up);
         for attempt in self.attempts.values() {
             attempt.abort.abort();

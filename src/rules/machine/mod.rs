@@ -36,8 +36,8 @@ use crate::rules::backoff::{Backoff, Failure, Random};
 
 use self::network::Cut;
 pub use self::protocol::{
-    Action, CLOSE_DRAIN, ConnId, Ending, Input, QUIET_PROOF, RELOAD_CLOSE_WRITE, STOP_BUDGET,
-    Settings, State, fmt_duration,
+    Action, CLOSE_DRAIN, ConnId, Ending, Input, LEAVE_GRACE, QUIET_PROOF, RELOAD_CLOSE_WRITE,
+    STOP_BUDGET, Settings, State, fmt_duration,
 };
 pub use self::timers::Timer;
 use self::timers::TimerTable;
@@ -133,9 +133,10 @@ impl Machine {
         self.connects.saturating_sub(1)
     }
 
-    /// When a stop must be over, once SIGTERM came.
-    pub fn stop_by(&self) -> Option<Instant> {
-        self.stop_by
+    /// When the run, over at `now`, must have left: a stop keeps its budget from
+    /// SIGTERM; any other ending gives the stragglers [`LEAVE_GRACE`].
+    pub fn leave_by(&self, now: Instant) -> Instant {
+        self.stop_by.unwrap_or(now + LEAVE_GRACE)
     }
 
     /// The attempt under way, if any.

@@ -57,6 +57,9 @@ pub const QUIET_PROOF: Duration = Duration::from_secs(10);
 /// From SIGTERM/SIGINT to exit: the contract's "wait at most 2 s for the server's
 /// Close", less a margin for joining the threads afterwards.
 pub const STOP_BUDGET: Duration = Duration::from_millis(1800);
+/// How long an ending other than a stop (gave up, `--once` decided) waits for
+/// abandoned connect threads (stuck in DNS) and for the output to drain.
+pub const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// Bound on writing the Close of a SIGHUP reload.
 pub const RELOAD_CLOSE_WRITE: Duration = Duration::from_millis(500);
 /// How long a graceful teardown lets the writer thread finish its last write (a

@@ -743,3 +743,16 @@ fn link_changes_end_the_connection_only_when_they_take_its_address_or_interface(
         );
     }
 }
+
+#[test]
+fn a_stop_leaves_within_its_budget_any_other_ending_after_the_grace() {
+    let mut run = Run::new(settings());
+    let conn = Run::dialed(&run.start());
+    run.connect(conn);
+    let stopped_at = run.now;
+    run.input(Input::Terminate);
+    run.advance(secs(1));
+    assert_eq!(run.machine.leave_by(run.now), stopped_at + STOP_BUDGET);
+    let run = Run::new(settings());
+    assert_eq!(run.machine.leave_by(run.now), run.now + LEAVE_GRACE);
+}
