@@ -518,6 +518,9 @@ fn sigterm_closes_the_clients_after_the_server_close_and_removes_the_file() {
     let server = Server::start(Behavior::echo());
     let mut local = Local::start(&server.url(), &[]);
     server.expect_upgrades(WAIT(), 1);
+    // Connected as wsbeat sees it, or SIGTERM rightly abandons the attempt without a
+    // Close (seen under qemu, where the upgrade's last steps take their time).
+    local.wait_status("state", "connected");
     let mut clients: Vec<Client> = (0..2).map(|_| local.client()).collect();
     local.wait_status("local_clients", "2");
     let start = Instant::now();
