@@ -21,7 +21,7 @@ use std::os::fd::AsFd;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
+use tungstenite::{Bytes, Message, WebSocket};
 
 use super::socket::SharedSocket;
 use crate::config::HeartbeatMode;
@@ -33,7 +33,7 @@ use crate::report::traffic::Traffic;
 use crate::rules::adaptive::{self, SharedAdaptive};
 use crate::rules::heartbeat::Cadence;
 use crate::rules::liveness::{SharedLiveness, encode_ping, lock};
-use crate::rules::unacked::{self, SentWindow};
+use crate::rules::unacked::{self, Batch, SentWindow};
 
 /// What the supervisor (and the outbox) ask the writer thread to do.
 #[derive(Debug)]
@@ -113,9 +113,10 @@ pub struct Writer {
 }
 
 /// While the sent-but-unacknowledged window is full, the kernel is asked again
-/// after this, doubling up to [`WINDOW_RECHECK_MAX`]: acknowledgements wake nobody,
-/// and a link that stays clogged is declared dead by the judge meanwhile.
-const WINDOW_RECHECK_MIN: Duration = Duration::from_millis(10);
+/// after this as long as acknowledgements keep coming (a busy link: the window is
+/// the pace), doubling up to [`WINDOW_RECHECK_MAX`] while none come (a clogged
+/// link, which the judge declares dead meanwhile): acknowledgements wake nobody.
+const WINDOW_RECHECK_MIN: Duration = Duration::from_millis(1);
 /// See [`WINDOW_RECHECK_MIN`].
 const WINDOW_RECHECK_MAX: Duration = Duration::from_millis(500);
 
@@ -133,6 +134,8 @@ impl Writer {
             .write(|ws| ws.get_ref().written())
             .map(|_| SentWindow::new(self.unacked_bytes));
         let mut recheck = WINDOW_RECHECK_MIN;
+        // The peer's acknowledgements when the window was last found full.
+        let mut last_acked = 0u64;
         let mut seq: u64 = 0;
         let mut lines_waiting = false;
         let mut closing = false;
@@ -165,7 +168,11 @@ impl Writer {
                 continue;
             }
             let sending = lines_waiting && !closing;
-            let window_open = sending && self.window_has_room(&mut window);
+            let (window_open, progressed) = if sending {
+                self.window_has_room(&mut window, &mut last_acked)
+            } else {
+                (false, false)
+            };
             let command = if window_open {
                 recheck = WINDOW_RECHECK_MIN;
                 let batch = self.outbox.take(WRITE_BATCH_BYTES);
@@ -185,6 +192,10 @@ impl Writer {
             } else {
                 // Lines wait but the window is full: look at the acknowledgements again
                 // later; the outbox fills meanwhile and pauses its producers.
+                if progressed {
+                    // Acknowledgements came since the last look: the link moves.
+                    recheck = WINDOW_RECHECK_MIN;
+                }
                 let window_recheck = sending.then(|| {
                     let at = now + recheck;
                     recheck = (recheck * 2).min(WINDOW_RECHECK_MAX);
@@ -259,7 +270,9 @@ impl Writer {
     ) -> Result<(), tungstenite::Error> {
         let count = batch.len();
         let mut lines = VecDeque::from(batch);
-        let mut taken = Vec::with_capacity(if window.is_some() { count } else { 0 });
+        let mut kept = window
+            .as_ref()
+            .map(|_| Batch::with_capacity(lines.iter().map(String::len).sum()));
         let (written, end) = self.write(true, |ws| {
             let written = (|| {
                 while let Some(line) = lines.pop_front() {
@@ -270,12 +283,10 @@ impl Writer {
                             tungstenite::error::ProtocolError::SendAfterClosing,
                         ));
                     }
-                    let text = Utf8Bytes::from(line);
-                    if window.is_some() {
-                        // Shares the buffer: no copy of the line.
-                        taken.push(text.clone());
+                    if let Some(kept) = &mut kept {
+                        kept.push(&line);
                     }
-                    ws.write(Message::Text(text))?;
+                    ws.write(Message::text(line))?;
                 }
                 ws.flush()
             })();
@@ -286,14 +297,12 @@ impl Writer {
         if written.is_ok() {
             Traffic::add(&self.traffic.messages_sent, (count - unsent) as u64);
         }
-        if let Some(window) = window {
+        if let (Some(window), Some(kept)) = (window, kept) {
             let end = match (&written, end) {
                 (Ok(()), Some(end)) => end,
                 _ => unacked::UNKNOWN,
             };
-            for line in taken {
-                window.sent(line, end);
-            }
+            window.sent(kept, end);
         }
         self.outbox.taken_done(lines.into());
         written
@@ -301,16 +310,25 @@ impl Writer {
 
     /// Whether the window has room for more lines; when full, the kernel is asked
     /// what the peer has acknowledged since (only then, not per line).
-    fn window_has_room(&self, window: &mut Option<SentWindow>) -> bool {
+    /// Returns that, and whether acknowledgements came since the last look
+    /// (`last_acked`, updated).
+    fn window_has_room(
+        &self,
+        window: &mut Option<SentWindow>,
+        last_acked: &mut u64,
+    ) -> (bool, bool) {
         let Some(window) = window else {
-            return true;
+            return (true, false);
         };
+        let mut progressed = false;
         if window.is_full() {
             if let Some(acked) = os::tcp_bytes_acked(self.tcp.as_fd()) {
+                progressed = acked > *last_acked;
+                *last_acked = acked;
                 window.acknowledged(acked);
             }
         }
-        !window.is_full()
+        (!window.is_full(), progressed)
     }
 }
 
