@@ -93,12 +93,17 @@ struct Local {
 
 impl Local {
     fn start(url: &str, extra: &[&str]) -> Local {
+        Self::start_with(url, &[], extra)
+    }
+
+    /// [`Local::start`] with some of the fast settings replaced.
+    fn start_with(url: &str, fast: &[(&str, &str)], extra: &[&str]) -> Local {
         let dir = TempDir::new();
         let socket = dir.join("wsbeat.sock");
         let status = dir.join("status");
         let wsbeat = Wsbeat::new()
             .arg(url)
-            .fast()
+            .fast_with(fast)
             .arg("--socket")
             .arg(&socket)
             .arg("--status-file")
@@ -175,7 +180,14 @@ fn two_writers_interleave_whole_lines() {
 fn a_burst_of_20000_lines_from_one_client_arrives_complete() {
     let server = Server::start(Behavior::default());
     // A small queue, so the burst runs into backpressure while connected.
-    let local = Local::start(&server.url(), &["--queue-size", "50"]);
+    // A heartbeat that a loaded machine answers in time while the server reads the
+    // burst (at 500 ms one went unanswered in CI, and the outage that followed
+    // rightly dropped lines from the small queue): this test is about backpressure.
+    let local = Local::start_with(
+        &server.url(),
+        &[("--ping-interval", "2s"), ("--pong-timeout", "10s")],
+        &["--queue-size", "50"],
+    );
     let up = server.expect_upgrades(WAIT(), 1);
     // Connected as wsbeat sees it: the server's upgrade comes first, and until then
     // the queue's outage bounds (drop oldest beyond 50 lines) rightly apply.
